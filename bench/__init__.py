@@ -1,0 +1,1 @@
+"""Throughput benchmarks (installed as fastcifar.bench)."""

@@ -1,0 +1,314 @@
+"""Typed run configuration: nested dataclasses, YAML in, validated, `--set a.b=value` overrides.
+
+Every field has a default and a comment with its unit, so a YAML file only states what differs.
+Unknown or misspelled keys are errors that name the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from fastcifar.errors import FastcifarError
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "cifar100"  # cifar10 | cifar100
+    root: str | None = None  # data root; None = $FASTCIFAR_ROOT or ~/.cache/fastcifar
+    label: str = "fine"  # cifar100 only: fine (100 classes) | coarse (20 superclasses)
+    loader: str = "gpu"  # gpu | torch | ffcv | dali
+    batch_size: int = 256  # images per step, per process
+    eval_batch_size: int = 1024  # images per eval step
+    drop_last: bool = True  # static shapes for torch.compile; the last partial train batch is dropped
+    workers: int = 4  # CPU workers (torch), threads (ffcv, dali)
+    prefetch: int = 2  # batches prepared ahead per worker / pipeline
+    val_split: int = 0  # images held out of train for model selection (0 = select on test)
+    native_augment: bool = False  # ffcv/dali: use the library's own crop/flip instead of GpuAugment
+    ffcv_os_cache: bool = True  # ffcv: read the .beton through the OS page cache
+    ffcv_order: str = "random"  # ffcv: random | quasi_random | sequential
+    dali_encoding: str = "raw"  # dali: shard encoding to read (raw | png | jpeg)
+
+
+@dataclass
+class AugmentConfig:
+    image_size: int = 32  # side the model sees, px; resized on the device from the stored 32 px
+    crop_padding: int = 0  # random crop after padding by this many px (a translate); 0 = off
+    pad_mode: str = "reflect"  # reflect | constant (zeros)
+    hflip: float = 0.0  # probability of a horizontal mirror, per image
+    vflip: float = 0.0  # probability of a vertical mirror, per image
+    cutout: float = 0.0  # probability of one cutout hole, per image
+    cutout_size: int = 8  # hole side at the stored 32 px resolution, px
+    jitter: float = 0.0  # probability of color jitter, per image
+    brightness: float = 0.4  # jitter strength: factor drawn from [1-b, 1+b]
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.0  # fraction of a full turn, in [0, 0.5]
+    ssr: float = 0.0  # probability of shift-scale-rotate, per image
+    shift_limit: float = 0.0625  # fraction of the image side
+    scale_limit: float = 0.1  # scale drawn from [1-s, 1+s]
+    rotate_limit: float = 45.0  # degrees
+    one_of: bool = False  # albumentations OneOf: each image gets exactly one op of
+    # (ssr, cutout, jitter, hflip, vflip), picked with weights = their probabilities
+    mixup_alpha: float = 0.0  # Beta(alpha, alpha) for mixup; 0 = off
+    cutmix_alpha: float = 0.0  # Beta(alpha, alpha) for cutmix; 0 = off
+    mix_prob: float = 1.0  # probability a batch is mixed (when either alpha > 0)
+    mix_switch_prob: float = 0.5  # when both are on: probability of cutmix over mixup
+    normalize: bool = True  # subtract train mean, divide by train std (from the manifest)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet18"  # any timm model name
+    pretrained: Union[bool, str] = False  # true = timm hub weights, or a path to a local file
+    cifar_stem: bool = False  # 3x3 stride-1 stem and no max-pool, for 32 px inputs
+    head: str = "linear"  # linear | arcface | cosface
+    embedding_dim: int = 512  # margin heads: embedding width
+    margin_s: float = 8.0  # margin heads: logit scale
+    margin_m: float = 0.35  # margin heads: margin (radians for arcface, cosine for cosface)
+    drop_rate: float = 0.0  # dropout before the classifier
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # sgd | adam | adamw
+    lr: float = 1e-3  # peak learning rate, at batch_size
+    weight_decay: float = 5e-4
+    momentum: float = 0.9  # sgd
+    nesterov: bool = True  # sgd
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
+    decay_norm_and_bias: bool = False  # false = no weight decay on biases and norm weights
+    grad_clip: float = 0.0  # max global grad norm; 0 = off
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"  # cosine | onecycle | multistep | constant; stepped per iteration
+    warmup_epochs: float = 0.0  # linear warmup from 0, epochs
+    min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
+    milestones: list[int] = field(default_factory=list)  # multistep: epochs at which lr *= gamma
+    gamma: float = 0.1  # multistep factor
+    pct_start: float = 0.25  # onecycle: fraction of the run spent rising
+
+
+@dataclass
+class EarlyStopConfig:
+    metric: str = "val_acc"  # any key of an epoch record: val_acc, val_loss, test_acc, ...
+    mode: str = "max"  # max | min
+    patience: int = 0  # epochs without improvement before stopping; 0 = off
+    min_delta: float = 0.0  # smallest change that counts as an improvement
+
+
+@dataclass
+class DistillConfig:
+    teacher: str | None = None  # run dir or checkpoint of the teacher; None = no distillation
+    teacher_image_size: int = 224  # the teacher sees the same batch resized to this, px
+    temperature: float = 4.0
+    alpha: float = 0.7  # loss = alpha * KL(T) * T^2 + (1 - alpha) * CE
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    seed: int = 0
+    device: str = "auto"  # auto | cuda | cpu | cuda:N
+    amp: str = "bf16"  # bf16 | fp16 | none
+    compile: bool = True  # torch.compile the model
+    compile_mode: str = "default"  # default | reduce-overhead | max-autotune
+    channels_last: bool = True
+    label_smoothing: float = 0.0
+    ema_decay: float = 0.0  # exponential moving average of weights per step; 0 = off
+    tta: bool = False  # evaluate with the mean of the image and its mirror
+    select_metric: str = "auto"  # metric for `best`: auto = val_acc if val_split else test_acc
+    init_from: str | None = None  # load weights only (run dir or checkpoint)
+    eval_every: int = 1  # epochs between evaluations
+    out_dir: str = "runs"  # run folders are created under this
+
+
+@dataclass
+class Config:
+    name: str = "unnamed"
+    description: str = ""  # one line: what the run reproduces or should reach
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+
+CHOICES = {
+    "data.dataset": ("cifar10", "cifar100"),
+    "data.label": ("fine", "coarse"),
+    "data.loader": ("gpu", "torch", "ffcv", "dali"),
+    "data.ffcv_order": ("random", "quasi_random", "sequential"),
+    "data.dali_encoding": ("raw", "png", "jpeg"),
+    "augment.pad_mode": ("reflect", "constant"),
+    "model.head": ("linear", "arcface", "cosface"),
+    "optim.name": ("sgd", "adam", "adamw"),
+    "schedule.name": ("cosine", "onecycle", "multistep", "constant"),
+    "early_stop.mode": ("max", "min"),
+    "train.amp": ("bf16", "fp16", "none"),
+    "train.compile_mode": ("default", "reduce-overhead", "max-autotune"),
+}
+
+
+# ---------------------------------------------------------------------------- building
+
+
+def _closest(name: str, valid: list[str]) -> str:
+    match = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    return f"did you mean '{match[0]}'?" if match else f"valid keys: {', '.join(valid)}"
+
+
+def _check_value(where: str, value: Any, hint: Any) -> Any:
+    """Return `value` converted to the annotated type, or raise a FastcifarError naming `where`."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_value(where, value, option)
+            except FastcifarError as e:
+                errors.append(str(e))
+        names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+        raise FastcifarError(f"{where} must be {names}, got {value!r}.")
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise FastcifarError(f"{where} must be a list, got {value!r}; write it as [a, b].")
+        return [_check_value(f"{where}[{i}]", v, item) for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise FastcifarError(f"{where} must be true or false, got {value!r}.")
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise FastcifarError(f"{where} must be an integer, got {value!r}.")
+    if hint in (float, str) and not isinstance(value, hint):
+        raise FastcifarError(f"{where} must be a {hint.__name__}, got {value!r}.")
+    choices = CHOICES.get(where)
+    if choices and value not in choices:
+        raise FastcifarError(f"{where} must be one of {', '.join(choices)}, got {value!r}; {_closest(str(value), list(choices))}")
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise FastcifarError(f"'{prefix or 'config'}' must be a mapping of keys to values, got {data!r}.")
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{prefix}.{key}" if prefix else str(key)
+        if key not in hints:
+            raise FastcifarError(f"Unknown config key '{where}': {_closest(str(key), valid)}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value or {}, where)
+        else:
+            kwargs[key] = _check_value(where, value, hint)
+    return cls(**kwargs)
+
+
+def from_dict(data: dict) -> Config:
+    """Validate a plain mapping (as parsed from YAML) into a Config."""
+    config = _build(Config, data or {}, "")
+    for dotted in CHOICES:  # defaults were not checked by _build
+        section, key = dotted.split(".")
+        _check_value(dotted, getattr(getattr(config, section), key), str)
+    return config
+
+
+def to_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `a.b=value` strings to a raw mapping; values are parsed as YAML (`1e-3`, `true`, `[1, 2]`)."""
+    data = _deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise FastcifarError(f"Override '{item}' has no '='; write it as --set section.key=value.")
+        dotted, raw = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        value = yaml.safe_load(raw) if raw.strip() else None
+        if isinstance(value, str) and _looks_like_number(value):
+            value = float(value)  # YAML 1.1 reads "1e-3" as a string
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise FastcifarError(f"Override '{dotted}': '{part}' is a value, not a section.")
+        node[parts[-1]] = value
+    return data
+
+
+def _looks_like_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _deepcopy(data: dict) -> dict:
+    return yaml.safe_load(yaml.safe_dump(data)) if data else {}
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def packaged_configs() -> dict[str, Path]:
+    """Names of the packaged YAML configs, mapped to their paths."""
+    folder = resources.files("fastcifar") / "configs"
+    return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A packaged config name (`resnet18_arcface_224`) or a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise FastcifarError(f"Config file '{path}' does not exist; give a YAML path or a name from `fastcifar configs`.")
+        return path
+    known = packaged_configs()
+    if name_or_path not in known:
+        raise FastcifarError(f"No packaged config named '{name_or_path}': {_closest(name_or_path, sorted(known))} (`fastcifar configs` lists them).")
+    return known[name_or_path]
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise FastcifarError(f"Config file '{path}' is not valid YAML ({e.__class__.__name__}: {e}); fix the line it names.") from None
+    if not isinstance(data, dict):
+        raise FastcifarError(f"Config file '{path}' must be a mapping of sections, got {type(data).__name__}.")
+    return data
+
+
+def load_config(name_or_path: str, overrides: list[str] | None = None) -> Config:
+    """Read, override and validate a config. Raises FastcifarError with the fix on any problem."""
+    path = resolve_config_path(name_or_path)
+    data = read_yaml(path)
+    data.setdefault("name", path.stem)
+    return from_dict(apply_overrides(data, overrides or []))
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)

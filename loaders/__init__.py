@@ -1,0 +1,1 @@
+"""Loaders behind one contract, built by name (installed as fastcifar.loaders)."""
