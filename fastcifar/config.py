@@ -41,6 +41,8 @@ class DataConfig:
 @dataclass
 class AugmentConfig:
     image_size: int = 32  # side the model sees, px; resized on the device from the stored 32 px
+    scales: list[int] = field(default_factory=list)  # multi-scale training: each batch gets a side drawn
+    # from this list, px (evaluation stays at image_size); empty = always image_size
     crop_padding: int = 0  # random crop after padding by this many px (a translate); 0 = off
     pad_mode: str = "reflect"  # reflect | constant (zeros)
     hflip: float = 0.0  # probability of a horizontal mirror, per image
@@ -216,7 +218,8 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
     for key, value in data.items():
         where = f"{prefix}.{key}" if prefix else str(key)
         if key not in hints:
-            raise FastcifarError(f"Unknown config key '{where}': {_closest(str(key), valid)}")
+            valid_full = [f"{prefix}.{v}" if prefix else v for v in valid]
+            raise FastcifarError(f"Unknown config key '{where}': {_closest(where, valid_full)}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value or {}, where)

@@ -1,0 +1,233 @@
+"""`fastcifar`: the command line. The only module that wires core, loaders and bench together.
+
+Every command imports what it needs lazily, so `fastcifar --help` and `fastcifar data info` start fast and
+work without the optional backends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.console import Console
+from rich.table import Table
+from rich_argparse import RichHelpFormatter
+
+from fastcifar import __version__
+from fastcifar.errors import FastcifarError
+
+console = Console()
+DATASETS = ("cifar10", "cifar100")
+ROOT_HELP = "data root (default: $FASTCIFAR_ROOT, else ~/.cache/fastcifar)"
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def cmd_data_download(args: argparse.Namespace) -> None:
+    from fastcifar.data.download import download
+
+    path = download(args.dataset, _root(args))
+    console.print(f"[green]{args.dataset}[/] is in {path}")
+
+
+def cmd_data_synth(args: argparse.Namespace) -> None:
+    from fastcifar.data.synth import write_synthetic
+
+    path = write_synthetic(args.dataset, _root(args), train=args.train, test=args.test, seed=args.seed)
+    console.print(
+        f"[yellow]SYNTHETIC[/] {args.dataset} stand-in ({args.train} train / {args.test} test images, seed {args.seed}) "
+        f"written to {path}; it is for tests and offline demos, not for accuracy claims."
+    )
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> None:
+    from fastcifar.data.prepare import prepare
+
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    unknown = sorted(set(formats) - {"npy", "ffcv", "dali"})
+    if unknown:
+        raise FastcifarError(f"Unknown format(s) {', '.join(unknown)}; choose from npy, ffcv, dali (e.g. --formats npy,ffcv).")
+    prepare(args.dataset, _root(args), formats=formats, dali_encoding=args.dali_encoding)
+
+
+def cmd_data_info(args: argparse.Namespace) -> None:
+    from fastcifar.data.info import describe
+
+    rows = describe(_root(args))
+    table = Table(title=f"fastcifar data in {_root(args)}")
+    columns = list(rows[0]) if rows else ["dataset", "status"]
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(_cell(row.get(c)) for c in columns))
+    console.print(table)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value)) or "-"
+    return "-" if value is None else str(value)
+
+
+def _root(args: argparse.Namespace):
+    from fastcifar.paths import data_root
+
+    return data_root(args.root)
+
+
+# ---------------------------------------------------------------------------- configs, train, eval, results
+
+
+def cmd_configs(args: argparse.Namespace) -> None:
+    from fastcifar.config import load_config, packaged_configs
+
+    table = Table(title="packaged configs (fastcifar train NAME)")
+    table.add_column("name", no_wrap=True)
+    for column in ("dataset", "model", "px", "epochs"):
+        table.add_column(column)
+    table.add_column("description (first sentence)", ratio=1)
+    for name in sorted(packaged_configs()):
+        cfg = load_config(name)
+        summary = cfg.description.split(". ")[0].split(" (")[0]
+        table.add_row(name, cfg.data.dataset, cfg.model.name, str(cfg.augment.image_size), str(cfg.train.epochs), summary)
+    console.print(table)
+
+
+def _train_overrides(args: argparse.Namespace) -> list[str]:
+    overrides = list(args.set or [])
+    for flag, key in (("loader", "data.loader"), ("root", "data.root"), ("epochs", "train.epochs"), ("device", "train.device")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if args.no_compile:
+        overrides.append("train.compile=false")
+    return overrides
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from fastcifar.config import dump_config, load_config
+
+    if args.resume:
+        from fastcifar.engine.trainer import train
+
+        train(None, resume=args.resume)
+        return
+    if not args.config:
+        raise FastcifarError("Give a config name or YAML path (see `fastcifar configs`), or --resume RUN_DIR.")
+    cfg = load_config(args.config, _train_overrides(args))
+    if args.dump_config:
+        console.print(dump_config(cfg), end="", markup=False, highlight=False)
+        return
+    from fastcifar.engine.trainer import train
+
+    train(cfg)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from fastcifar.engine.evaluate import evaluate
+
+    evaluate(args.target, split=args.split, tta=args.tta, root=args.root)
+
+
+def cmd_results(args: argparse.Namespace) -> None:
+    from fastcifar.engine.results import print_results
+
+    print_results(args.dirs or ["runs"])
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from fastcifar.bench.cli import run_bench
+
+    run_bench(args)
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastcifar",
+        description="Train CIFAR-10/100 classifiers as fast as the device allows, and prove it with numbers.",
+        formatter_class=RichHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"fastcifar {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="download, synthesize, prepare and inspect datasets", formatter_class=RichHelpFormatter)
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    download = data_commands.add_parser("download", help="download an official CIFAR archive (md5-checked)", formatter_class=RichHelpFormatter)
+    synth = data_commands.add_parser("synth", help="write a small SYNTHETIC stand-in in the official pickle layout", formatter_class=RichHelpFormatter)
+    prepare = data_commands.add_parser("prepare", help="write the npy / ffcv / dali formats the loaders read", formatter_class=RichHelpFormatter)
+    info = data_commands.add_parser("info", help="what is downloaded and prepared under the root", formatter_class=RichHelpFormatter)
+    for sub in (download, synth, prepare):
+        sub.add_argument("dataset", choices=DATASETS)
+    for sub in (download, synth, prepare, info):
+        sub.add_argument("--root", help=ROOT_HELP)
+    synth.add_argument("--train", type=int, default=5000, help="train images (default 5000)")
+    synth.add_argument("--test", type=int, default=1000, help="test images (default 1000)")
+    synth.add_argument("--seed", type=int, default=0)
+    prepare.add_argument("--formats", default="npy,ffcv,dali", help="comma-separated subset of npy,ffcv,dali")
+    prepare.add_argument("--dali-encoding", choices=("raw", "png", "jpeg"), default="raw", help="image encoding inside the DALI shards")
+    download.set_defaults(func=cmd_data_download)
+    synth.set_defaults(func=cmd_data_synth)
+    prepare.set_defaults(func=cmd_data_prepare)
+    info.set_defaults(func=cmd_data_info)
+
+    configs = commands.add_parser("configs", help="list the packaged configs", formatter_class=RichHelpFormatter)
+    configs.set_defaults(func=cmd_configs)
+
+    train = commands.add_parser("train", help="train a config (a packaged name or a YAML path)", formatter_class=RichHelpFormatter)
+    train.add_argument("config", nargs="?", help="packaged config name (see `fastcifar configs`) or YAML path")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. --set optim.lr=0.01 (repeatable)")
+    train.add_argument("--loader", choices=("gpu", "torch", "ffcv", "dali"), help="shortcut for --set data.loader=...")
+    train.add_argument("--root", help=ROOT_HELP)
+    train.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=...")
+    train.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    train.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    train.add_argument("--dump-config", action="store_true", help="print the resolved config and exit")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a run dir or checkpoint", formatter_class=RichHelpFormatter)
+    evaluate.add_argument("target", help="run directory or checkpoint file")
+    evaluate.add_argument("--split", choices=("test", "val", "train"), default="test")
+    evaluate.add_argument("--tta", action="store_true", help="average the image and its mirror")
+    evaluate.add_argument("--root", help=ROOT_HELP)
+    evaluate.set_defaults(func=cmd_eval)
+
+    results = commands.add_parser("results", help="seed-style table over run directories", formatter_class=RichHelpFormatter)
+    results.add_argument("dirs", nargs="*", help="folders searched recursively for runs (default: runs)")
+    results.set_defaults(func=cmd_results)
+
+    bench = commands.add_parser("bench", help="loader / model / end-to-end throughput report", formatter_class=RichHelpFormatter)
+    _add_bench_arguments(bench)
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def _add_bench_arguments(bench: argparse.ArgumentParser) -> None:
+    try:
+        from fastcifar.bench.cli import add_arguments
+    except ImportError:  # the bench suite is installed with the package; this guards a broken install only
+        return
+    add_arguments(bench)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except FastcifarError as error:
+        console.print(f"[bold red]error:[/] {error}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
