@@ -1,0 +1,83 @@
+"""Small file-system helpers for atomic writes: temp path in the same folder, then rename."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+TEMP_PREFIX = ".tmp-"  # every temp file or folder we create starts with this; stale ones are safe to delete
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temp file in the same folder, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX + path.name + ".", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def make_temp_dir(parent: Path, tag: str) -> Path:
+    """A fresh temp folder `parent/.tmp-{tag}-XXXX` (same file system as the final place)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{tag}-", dir=parent))
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move the finished folder `tmp` to `final`, replacing an old `final` without a moment of absence
+    of a complete folder being mistaken for a new one (the old one is renamed aside, then deleted)."""
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}old-", dir=final.parent))
+        os.replace(final, old / final.name)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_stale_temps(parent: Path) -> list[Path]:
+    """Delete leftovers `parent/.tmp-*` of an interrupted run; returns what was removed."""
+    removed = []
+    if parent.is_dir():
+        for entry in sorted(parent.glob(TEMP_PREFIX + "*")):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def remove_path(path: Path) -> None:
+    """Delete a file or folder if present."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def md5_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex md5 of a file, read in 1 MiB chunks."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tree_size(path: Path) -> int:
+    """Bytes of a file or of all files under a folder (0 if absent)."""
+    if path.is_file():
+        return path.stat().st_size
+    if not path.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
