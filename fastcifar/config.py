@@ -76,6 +76,7 @@ class ModelConfig:
     embedding_dim: int = 512  # margin heads: embedding width
     margin_s: float = 8.0  # margin heads: logit scale
     margin_m: float = 0.35  # margin heads: margin (radians for arcface, cosine for cosface)
+    easy_margin: bool = False  # arcface: apply the margin only where cos > 0 (else the insightface continuation)
     drop_rate: float = 0.0  # dropout before the classifier
 
 

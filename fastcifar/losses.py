@@ -88,7 +88,7 @@ class CrossEntropy:
         return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
 
 
-def build_criterion(cfg: Config, *, easy_margin: bool = False) -> Criterion:
+def build_criterion(cfg: Config) -> Criterion:
     """The training loss for `cfg`: callable(logits [B, C], targets int64 [B] or float [B, C]) -> scalar float32.
 
     `cfg.model.head` picks plain CE (linear) or margin CE (arcface/cosface with cfg.model.margin_s/margin_m);
@@ -96,7 +96,7 @@ def build_criterion(cfg: Config, *, easy_margin: bool = False) -> Criterion:
     """
     smoothing = cfg.train.label_smoothing
     if cfg.model.head in MARGIN_HEADS:
-        return MarginCrossEntropy(cfg.model.head, cfg.model.margin_s, cfg.model.margin_m, smoothing, easy_margin)
+        return MarginCrossEntropy(cfg.model.head, cfg.model.margin_s, cfg.model.margin_m, smoothing, cfg.model.easy_margin)
     return CrossEntropy(smoothing)
 
 
