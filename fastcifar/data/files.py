@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 TEMP_PREFIX = ".tmp-"  # every temp file or folder we create starts with this; stale ones are safe to delete
@@ -14,22 +14,31 @@ TEMP_PREFIX = ".tmp-"  # every temp file or folder we create starts with this; s
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` via a temp file in the same folder, fsync, rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX + path.name + ".", dir=path.parent)
+    tmp = path.parent / f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(4)}"
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:  # "x": never reuse a name; permissions follow the umask (mkstemp's are 0600)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
 def make_temp_dir(parent: Path, tag: str) -> Path:
-    """A fresh temp folder `parent/.tmp-{tag}-XXXX` (same file system as the final place)."""
+    """A fresh temp folder `parent/.tmp-{tag}-XXXXXXXX` (same file system as the final place).
+
+    Created with mkdir, so it gets the umask's permissions (mkdtemp's 0700 would survive the rename
+    and hide a shared data root from other users)."""
     parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{tag}-", dir=parent))
+    while True:
+        path = parent / f"{TEMP_PREFIX}{tag}-{secrets.token_hex(4)}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
@@ -37,7 +46,7 @@ def replace_dir(tmp: Path, final: Path) -> None:
     of a complete folder being mistaken for a new one (the old one is renamed aside, then deleted)."""
     old = None
     if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}old-", dir=final.parent))
+        old = make_temp_dir(final.parent, "old")
         os.replace(final, old / final.name)
     os.replace(tmp, final)
     if old is not None:

@@ -2,7 +2,7 @@
 
 For tests and offline demos only: each class has a fixed template (a colour grating with a
 class-specific frequency and orientation plus a coloured disc at a class-specific place), and each
-image is its template shifted by up to 2 px, with per-image contrast/brightness jitter and pixel
+image is its template shifted by up to 3 px, with per-image contrast/brightness jitter and pixel
 noise. A linear model on pixels separates the classes well above chance; a small CNN does better
 within a couple of epochs. For CIFAR-100 the coarse class sets the grating's colours, so coarse
 labels are learnable too. Every file says "synthetic" in b'batch_label' and the folder holds a
@@ -25,8 +25,8 @@ from fastcifar.data.progress import progress_task
 from fastcifar.errors import FastcifarError
 from fastcifar.paths import data_root
 
-MAX_SHIFT = 2  # px, per-image random translation of the template
-NOISE_STD = 24.0  # per-pixel Gaussian noise, 0-255 scale
+MAX_SHIFT = 3  # px, per-image random translation of the template
+NOISE_STD = 40.0  # per-pixel Gaussian noise, 0-255 scale
 CHUNK = 4096  # images rendered at once (~50 MiB of float32 temporaries)
 
 
