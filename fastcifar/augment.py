@@ -1,0 +1,265 @@
+"""GpuAugment: the shared, batched augmentation every loader feeds (uint8 in, model input out).
+
+    images uint8 [B, 3, 32, 32] (any device)
+      -> crop/translate + flips (one gather)        uint8, 32 px
+      -> shift-scale-rotate, colour jitter          float32 at 32 px, rounded back to uint8
+      -> cutout                                     uint8, 32 px
+      -> resize to image_size + normalize           out_dtype, channels_last
+      -> mixup / cutmix (per batch)                 in place, soft labels [B, C]
+
+Randomness comes from the global torch RNG of the input's device, and every decision is a tensor
+(masks [B], a Beta draw), so `train_batch` has no data-dependent Python branches and no host sync.
+`sample` / `apply` and `sample_mix` / `mix` are public so a test can replay exact parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fastcifar import augment_ops as ops
+from fastcifar.config import AugmentConfig
+from fastcifar.errors import FastcifarError
+
+OPS = ("ssr", "cutout", "jitter", "hflip", "vflip")  # the per-image ops `one_of` chooses from
+OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+STORED_SIDE = 32  # px of the images every loader yields when per_image_ops=True
+
+
+@dataclass
+class AugmentParams:
+    """Per-image parameters for one batch; None = op off in the config. All tensors are [B, ...] on the batch's device."""
+
+    dy: Tensor | None = None  # [B] int64 crop offset, px
+    dx: Tensor | None = None
+    hflip: Tensor | None = None  # [B] bool
+    vflip: Tensor | None = None
+    ssr: Tensor | None = None  # [B] bool
+    theta: Tensor | None = None  # [B, 2, 3] float32 affine_grid matrices
+    jitter: Tensor | None = None  # [B] bool
+    factors: Tensor | None = None  # [B, 4] float32 brightness, contrast, saturation, hue shift
+    cutout: Tensor | None = None  # [B] bool
+    cut_y0: Tensor | None = None  # [B] int64 top-left corner of the hole, px
+    cut_x0: Tensor | None = None
+
+
+@dataclass
+class MixParams:
+    """One batch's mixup / cutmix draw (scalar tensors or a map on the batch's device)."""
+
+    other_weight: Tensor  # weight of the partner image: scalar (mixup only) or [1, 1, S, S] map
+    lam: Tensor  # scalar float32: weight of the image's own label
+    mixed: Tensor  # scalar bool: the mix_prob coin came up (lam < 1 up to a zero-area box)
+    cutmix: Tensor  # scalar bool: cutmix was chosen over mixup (meaningful when mixed)
+
+
+class GpuAugment:
+    """Batched augmentation + resize + normalize + mixup/cutmix on the input's device.
+
+    Args:
+        cfg: the `augment` section of the config.
+        mean, std: per-channel train-split statistics on the 0-255 scale (manifest "mean"/"std").
+            With cfg.normalize false the output is x / 255 instead.
+        num_classes: width of the soft labels when mixup/cutmix is on.
+        per_image_ops: False when the loader already cropped/flipped/resized each image on the CPU;
+            then only resize-if-needed, normalize and mixup/cutmix run here.
+        out_dtype: dtype of the returned images (float32, or bfloat16/float16 to feed AMP directly).
+    """
+
+    def __init__(
+        self,
+        cfg: AugmentConfig,
+        mean: Sequence[float],
+        std: Sequence[float],
+        num_classes: int,
+        per_image_ops: bool = True,
+        out_dtype: torch.dtype = torch.float32,
+    ):
+        _validate(cfg, mean, std, num_classes, out_dtype)
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.per_image_ops = per_image_ops
+        self.out_dtype = out_dtype
+        self.mixing = cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0
+        mean_t = torch.tensor(mean if cfg.normalize else [0.0] * 3, dtype=torch.float64)
+        std_t = torch.tensor(std if cfg.normalize else [255.0] * 3, dtype=torch.float64)
+        self._scale = (1.0 / std_t).float()  # [3] per channel, applied to 0-255 pixels
+        self._shift = (-mean_t / std_t).float()
+        self._consts: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+    # ------------------------------------------------------------------ entry points
+
+    def train_batch(self, images: Tensor, labels: Tensor, size: int | None = None) -> tuple[Tensor, Tensor]:
+        """Augment one training batch.
+
+        Args:
+            images: uint8 [B, 3, H, W] on any device (32 px when per_image_ops).
+            labels: int64 [B] on the same device.
+            size: output side in px for this batch (multi-scale training); None = cfg.image_size.
+
+        Returns:
+            x: [B, 3, S, S] out_dtype, channels_last, normalized (S = size or cfg.image_size).
+            targets: labels unchanged (int64 [B]), or float32 soft labels [B, C] summing to one
+                whenever mixup or cutmix is enabled (also in batches the draw left unmixed).
+        """
+        _check_images(images)
+        x = images
+        if self.per_image_ops:
+            x = self.apply(x, self.sample(x.shape[0], x.shape[-2], x.shape[-1], x.device))
+        x = self.to_model_input(x, size)
+        if not self.mixing:
+            return x, labels
+        return self.mix(x, labels, self.sample_mix(x.shape[-1], x.device))
+
+    def eval_batch(self, images: Tensor) -> Tensor:
+        """Resize + normalize only, no randomness. uint8 [B, 3, H, W] -> [B, 3, S, S] out_dtype, channels_last."""
+        _check_images(images)
+        return self.to_model_input(images)
+
+    def to_model_input(self, x: Tensor, size: int | None = None) -> Tensor:
+        """uint8 [B, 3, H, W] -> [B, 3, S, S] out_dtype channels_last: resize and normalize in the cheap order per device."""
+        scale, shift = self._device_consts(x.device)
+        side = size or self.cfg.image_size
+        if x.device.type == "cpu":  # vectorised uint8 resize, then one convert + affine pass
+            return ops.normalize(ops.resize(x, side), scale, shift, self.out_dtype)
+        # CUDA has no uint8 bilinear kernel: normalize the small image, resize in out_dtype
+        y = ops.resize(ops.normalize(x, scale, shift, self.out_dtype), side)
+        return y.contiguous(memory_format=torch.channels_last)
+
+    # ------------------------------------------------------------------ per-image ops
+
+    def sample(self, batch: int, height: int, width: int, device: torch.device) -> AugmentParams:
+        """Draw every per-image decision and parameter for a batch of `batch` images of height x width px."""
+        cfg, p = self.cfg, AugmentParams()
+        masks = self._op_masks(batch, device)
+        if cfg.crop_padding:
+            p.dy, p.dx = torch.randint(-cfg.crop_padding, cfg.crop_padding + 1, (2, batch), device=device)
+        p.hflip, p.vflip = masks.get("hflip"), masks.get("vflip")
+        if "ssr" in masks:
+            angle = _uniform(batch, -cfg.rotate_limit, cfg.rotate_limit, device)
+            scale = _uniform(batch, 1 - cfg.scale_limit, 1 + cfg.scale_limit, device)
+            shift = _uniform((batch, 2), -cfg.shift_limit, cfg.shift_limit, device)
+            p.ssr, p.theta = masks["ssr"], ops.ssr_matrices(angle, scale, shift, height, width)
+        if "jitter" in masks:
+            lo_hi = [(max(0.0, 1 - v), 1 + v) for v in (cfg.brightness, cfg.contrast, cfg.saturation)]
+            lo_hi.append((-cfg.hue, cfg.hue))
+            cols = [_uniform(batch, lo, hi, device) for lo, hi in lo_hi]
+            p.jitter, p.factors = masks["jitter"], torch.stack(cols, dim=1)
+        if "cutout" in masks:
+            centre = torch.stack([torch.randint(0, n, (batch,), device=device) for n in (height, width)])
+            p.cutout = masks["cutout"]
+            p.cut_y0, p.cut_x0 = centre - cfg.cutout_size // 2  # hole centred on a uniform pixel
+        return p
+
+    def apply(self, images: Tensor, p: AugmentParams) -> Tensor:
+        """Run the per-image ops of `p` on uint8 [B, 3, H, W]; returns uint8 [B, 3, H, W] channels_last."""
+        cfg, x = self.cfg, images
+        if p.dy is not None or p.hflip is not None or p.vflip is not None:
+            B = x.shape[0]
+            off = torch.zeros(B, dtype=torch.long, device=x.device)
+            no = torch.zeros(B, dtype=torch.bool, device=x.device)
+            x = ops.crop_flip(
+                x, _or(p.dy, off), _or(p.dx, off), _or(p.hflip, no), _or(p.vflip, no), cfg.crop_padding, cfg.pad_mode
+            )
+        if p.ssr is not None:
+            x = ops.shift_scale_rotate(x, p.theta, p.ssr, "reflection" if cfg.pad_mode == "reflect" else "zeros")
+        if p.jitter is not None:
+            x = ops.color_jitter(x, p.factors, p.jitter, hue=cfg.hue > 0)
+        if p.cutout is not None:
+            x = ops.cutout(x, p.cut_y0, p.cut_x0, cfg.cutout_size, p.cutout)
+        return x
+
+    def _op_masks(self, batch: int, device: torch.device) -> dict[str, Tensor]:
+        """[B] bool per active op: independent coins, or with one_of exactly one op per image."""
+        active = [name for name in OPS if getattr(self.cfg, name) > 0]
+        if not active:
+            return {}
+        if self.cfg.one_of:  # albumentations OneOf(p=1): pick with weights proportional to the probabilities
+            weights = torch.tensor([getattr(self.cfg, n) for n in active], device=device)
+            pick = torch.multinomial(weights, batch, replacement=True)  # [B] index into `active`
+            return {name: pick == k for k, name in enumerate(active)}
+        return {name: torch.rand(batch, device=device) < getattr(self.cfg, name) for name in active}
+
+    # ------------------------------------------------------------------ mixup / cutmix
+
+    def sample_mix(self, size: int, device: torch.device) -> MixParams:
+        """Draw one batch's mix: whether to mix (mix_prob), mixup or cutmix (mix_switch_prob), lambda ~ Beta."""
+        cfg = self.cfg
+        lam = other = None
+        use_cut = torch.full((), cfg.mixup_alpha == 0, device=device)
+        if cfg.mixup_alpha > 0:
+            other = (1 - _beta(cfg.mixup_alpha, device)).to(self.out_dtype).float()  # as the pixels will see it
+            lam = 1 - other
+        if cfg.cutmix_alpha > 0:
+            lam_cut = _beta(cfg.cutmix_alpha, device)
+            side = (size * torch.sqrt(1 - lam_cut)).long()
+            cy, cx = torch.randint(0, size, (2,), device=device)
+            box, area = ops.box_map(size, cy, cx, side, device)
+            if other is None:
+                other, lam = box, 1 - area
+            else:
+                use_cut = torch.rand((), device=device) < cfg.mix_switch_prob
+                other, lam = torch.where(use_cut, box, other), torch.where(use_cut, 1 - area, lam)
+        on = torch.rand((), device=device) < cfg.mix_prob
+        return MixParams(torch.where(on, other, 0.0), torch.where(on, lam, 1.0), mixed=on, cutmix=use_cut)
+
+    def mix(self, x: Tensor, labels: Tensor, p: MixParams) -> tuple[Tensor, Tensor]:
+        """Mix x in place with its partner (see `augment_ops.partner_index`); soft labels float32 [B, C]."""
+        partner = ops.partner_index(x.shape[0], x.device)
+        one_hot = F.one_hot(labels, self.num_classes).float()  # [B, C]
+        targets = p.lam * one_hot + (1 - p.lam) * one_hot[partner]
+        return ops.mix_(x, p.other_weight), targets
+
+    # ------------------------------------------------------------------ helpers
+
+    def _device_consts(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        if device not in self._consts:
+            self._consts[device] = (self._scale.to(device), self._shift.to(device))
+        return self._consts[device]
+
+
+def _uniform(shape, lo: float, hi: float, device: torch.device) -> Tensor:
+    return lo + (hi - lo) * torch.rand(shape, device=device)
+
+
+def _beta(alpha: float, device: torch.device) -> Tensor:
+    a = torch.full((), float(alpha), device=device)
+    return torch.distributions.Beta(a, a).sample()
+
+
+def _or(value: Tensor | None, default: Tensor) -> Tensor:
+    return default if value is None else value
+
+
+def _check_images(images: Tensor) -> None:
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+        raise TypeError(f"GpuAugment expects uint8 [B, 3, H, W] images, got {images.dtype} {tuple(images.shape)}.")
+
+
+def _validate(cfg: AugmentConfig, mean, std, num_classes: int, out_dtype: torch.dtype) -> None:
+    """Raise FastcifarError with the fix for values the schema's types cannot catch."""
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise FastcifarError(message)
+
+    prepare = "re-run `fastcifar data prepare` to recompute them"
+    need(len(mean) == 3 and len(std) == 3, f"Normalization needs 3 channel means and stds, got {mean} and {std}; {prepare}.")
+    need(all(math.isfinite(s) and s > 0 for s in std), f"Channel stds {std} must be positive; {prepare}.")
+    need(num_classes >= 1, f"num_classes must be at least 1, got {num_classes}.")
+    need(out_dtype in OUT_DTYPES, f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype}.")
+    need(cfg.image_size >= 1, f"augment.image_size must be a positive number of px, got {cfg.image_size}.")
+    need(0 <= cfg.crop_padding < STORED_SIDE, f"augment.crop_padding must be between 0 and {STORED_SIDE - 1} px, got {cfg.crop_padding}.")
+    for name in (*OPS, "mix_prob", "mix_switch_prob"):
+        value = getattr(cfg, name)
+        need(0.0 <= value <= 1.0, f"augment.{name} is a probability and must be in [0, 1], got {value}.")
+    need(cfg.cutout_size >= 1 or cfg.cutout == 0, f"augment.cutout_size must be at least 1 px, got {cfg.cutout_size}.")
+    for name in ("brightness", "contrast", "saturation", "shift_limit", "rotate_limit", "mixup_alpha", "cutmix_alpha"):
+        need(getattr(cfg, name) >= 0, f"augment.{name} must be non-negative, got {getattr(cfg, name)}.")
+    need(0.0 <= cfg.hue <= 0.5, f"augment.hue must be in [0, 0.5] (a fraction of a turn), got {cfg.hue}.")
+    need(0.0 <= cfg.scale_limit < 1.0, f"augment.scale_limit must be in [0, 1), got {cfg.scale_limit}.")
