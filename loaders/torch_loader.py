@@ -1,0 +1,152 @@
+"""`torch` loader: the baseline users run today, kept honest and well tuned.
+
+A map-style Dataset over the npy memmap (opened lazily in each worker process), per-sample CPU transforms
+(`cpu_transform(cfg.augment, train)`: the augmentation policy plus the resize to image_size, one image at a
+time, as the seed notebooks do), a DataLoader with `data.workers` worker processes, `data.prefetch` batches
+ahead per worker, persistent workers, pinned memory and a non-blocking copy when the device is CUDA.
+The gap between this loader and `gpu` is the product's claim, so nothing here is deliberately slow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from fastcifar.config import Config
+from fastcifar.loaders.base import (
+    as_device, batch_size_for, check_indices, drop_last_for, nhwc_to_contract, npy_paths,
+    sample_order, shard_length, worker_count,
+)
+
+
+class NpyDataset(Dataset):
+    """One CIFAR split from npy files; each worker opens its own read-only memmap on first use.
+
+    Args:
+        images_path: npy of uint8 [N, 32, 32, 3] NHWC.
+        labels_path: npy of int64 [N].
+        transform: callable on uint8 [3, 32, 32] returning uint8 [3, S, S] (fastcifar.cpu_transforms).
+
+    Items:
+        (image uint8 [3, S, S], label int).
+    """
+
+    def __init__(self, images_path: str | Path, labels_path: str | Path, transform: Callable[[torch.Tensor], torch.Tensor]):
+        self.images_path = str(images_path)
+        self.labels = np.load(labels_path)  # [N] int64, 8 bytes per image: cheap to hold in every worker
+        self.transform = transform
+        self._images: np.ndarray | None = None  # memmap, opened in the process that reads it
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        if self._images is None:
+            self._images = np.load(self.images_path, mmap_mode="r")  # [N, 32, 32, 3] uint8, page cache backed
+        image = torch.from_numpy(np.array(self._images[i])).permute(2, 0, 1)  # [3, 32, 32] uint8 view of HWC
+        return self.transform(image), int(self.labels[i])
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_images"] = None  # a spawned worker reopens the memmap instead of pickling 150 MiB
+        return state
+
+
+class ShardSampler(Sampler[int]):
+    """Yields this rank's sample indices for one epoch, by the contract's rules (base.sample_order).
+
+    Args:
+        n: samples in the split.
+        indices: optional int64 [M] subset of the split; positions are drawn over the subset.
+        seed, rank, world_size, train, drop_last: as in base.sample_order.
+    """
+
+    def __init__(self, n: int, *, seed: int, rank: int, world_size: int, train: bool, drop_last: bool,
+                 indices: np.ndarray | None = None):
+        self.indices = indices
+        self.n = n if indices is None else len(indices)
+        self.seed, self.rank, self.world_size, self.train, self.drop_last = seed, rank, world_size, train, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return shard_length(self.n, rank=self.rank, world_size=self.world_size, train=self.train, drop_last=self.drop_last)
+
+    def __iter__(self) -> Iterator[int]:
+        order = sample_order(self.n, seed=self.seed, epoch=self.epoch, rank=self.rank, world_size=self.world_size,
+                             train=self.train, drop_last=self.drop_last).numpy()
+        if self.indices is not None:
+            order = self.indices[order]
+        return iter(order.tolist())
+
+
+def collate_nhwc(samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack in the worker into NHWC, so the batch is born channels_last in one copy.
+
+    Returns:
+        images uint8 [B, S, S, 3] contiguous, labels int64 [B].
+    """
+    images = torch.stack([image.permute(1, 2, 0) for image, _ in samples])  # [B, S, S, 3]
+    labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+    return images, labels
+
+
+class TorchLoader:
+    """Wraps a DataLoader so it yields the contract's (images, labels) on the device.
+
+    Yields:
+        images uint8 [B, 3, S, S] channels_last on `device` (S = augment.image_size, already augmented and
+        resized on the CPU), labels int64 [B] on `device`.
+    """
+
+    per_image_ops_done = True  # cpu_transform already augmented and resized every image
+    native_ops: frozenset[str] = frozenset()
+
+    def __init__(self, dataloader: DataLoader, sampler: ShardSampler, device: torch.device | str):
+        self.dataloader, self.sampler, self.device = dataloader, sampler, as_device(device)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataloader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels in self.dataloader:  # pinned host memory when the device is CUDA
+            images = images.to(self.device, non_blocking=True)  # [B, S, S, 3]
+            yield nhwc_to_contract(images), labels.to(self.device, non_blocking=True)
+
+
+def build(cfg: Config, split: str, *, train: bool, device: torch.device | str, rank: int = 0, world_size: int = 1,
+          indices: np.ndarray | None = None) -> TorchLoader:
+    """The `torch` loader over npy/{split}_*.npy (format "npy")."""
+    from fastcifar.cpu_transforms import cpu_transform
+
+    images_path, labels_path = npy_paths(cfg, split)
+    dataset = NpyDataset(images_path, labels_path, cpu_transform(cfg.augment, train))
+    indices = check_indices(indices, len(dataset))
+    drop_last = drop_last_for(cfg, train)
+    sampler = ShardSampler(len(dataset), seed=cfg.train.seed, rank=rank, world_size=world_size, train=train,
+                           drop_last=drop_last, indices=indices)
+    workers = worker_count(cfg)
+    device = as_device(device)
+    dataloader = DataLoader(
+        dataset,
+        batch_size=batch_size_for(cfg, train),
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_nhwc,
+        pin_memory=device.type == "cuda",  # page-locked buffers make the copy below asynchronous
+        drop_last=drop_last,
+        persistent_workers=workers > 0,  # keep workers (and their memmaps) alive across epochs
+        prefetch_factor=cfg.data.prefetch if workers > 0 else None,
+        # Worker RNG (augmentation) seeded from (seed, rank), not from the global RNG's state.
+        generator=torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + rank),
+    )
+    return TorchLoader(dataloader, sampler, device)
