@@ -24,8 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-
 from fastcifar.engine import atomic
 from fastcifar.errors import FastcifarError
 
@@ -83,17 +81,6 @@ def seed_everything(seed: int) -> None:
 # ---------------------------------------------------------------------------- files
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under DDP (`.module`) and `torch.compile` (`._orig_mod`) wrappers."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
-
-
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
     """Write a checkpoint atomically (temp file + rename): `kill -9` during the write keeps the old one."""
     atomic.torch_save(state, path)
@@ -123,36 +110,4 @@ def load_checkpoint(target: str | os.PathLike, name: str = BEST) -> dict:
 
 def eval_weights(state: dict) -> dict:
     """The weights evaluation uses: the EMA copy when the run kept one, else the raw model."""
-    ema = state.get("ema")
-    if ema:
-        return ema["module"] if "module" in ema else ema
-    return state["model"]
-
-
-def load_weights(model: nn.Module, target: str | os.PathLike, num_classes: int) -> dict:
-    """Load only the evaluation weights of a checkpoint (run dir -> best.pt) into `model` (`init_from`).
-
-    Args:
-        model: the freshly built model (any wrappers are looked through).
-        target: a run directory or a checkpoint file.
-        num_classes: classes `model` predicts; must match the checkpoint's.
-
-    Returns:
-        The loaded checkpoint dict (for its config and metadata).
-
-    Raises:
-        FastcifarError: class count or architecture differs from the checkpoint's.
-    """
-    state = load_checkpoint(target)
-    saved_classes = state.get("num_classes")
-    if saved_classes is not None and int(saved_classes) != int(num_classes):
-        raise FastcifarError(
-            f"Checkpoint '{target}' predicts {saved_classes} classes but this run has {num_classes}; "
-            f"use a checkpoint trained on the same dataset/label set or drop init_from."
-        )
-    try:
-        unwrap(model).load_state_dict(eval_weights(state))
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise FastcifarError(f"Checkpoint '{target}' does not fit model '{type(unwrap(model)).__name__}' ({first}); use a checkpoint of the same model.name and head.") from None
-    return state
+    return state.get("ema") or state["model"]  # ModelEma.state_dict() is a plain model state dict

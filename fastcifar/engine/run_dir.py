@@ -63,7 +63,7 @@ def environment(device: torch.device) -> dict:
         "fastcifar": fastcifar_version,
         "torch_cuda": torch.version.cuda,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine()),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "cuda_devices": torch.cuda.device_count() if torch.cuda.is_available() else 0,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -73,6 +73,17 @@ def environment(device: torch.device) -> dict:
         "command": sys.argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def cpu_name() -> str:
+    """The CPU model ("AMD EPYC ...") from /proc/cpuinfo on Linux, else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def git_info(folder: Path) -> dict | None:

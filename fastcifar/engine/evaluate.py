@@ -1,0 +1,101 @@
+"""`evaluate(target)`: score a finished run's best checkpoint (or any fastcifar checkpoint) on one split."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from fastcifar.config import from_dict
+from fastcifar.engine.checkpoint import BEST, eval_weights, load_checkpoint, resolve_checkpoint
+from fastcifar.engine.distributed import resolve_device
+from fastcifar.engine.inputs import data_info, eval_loader, split_indices
+from fastcifar.engine.step import eval_pass, summarize_eval
+from fastcifar.errors import FastcifarError
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+
+
+def evaluate(
+    target: str | os.PathLike,
+    split: str = "test",
+    tta: bool = False,
+    loader: str | None = None,
+    root: str | None = None,
+    device: str | None = None,
+    console: Console | None = None,
+) -> dict:
+    """Rebuild the model from the checkpoint's saved config, load its evaluation weights, score one split.
+
+    Args:
+        target: a run directory (its best.pt is used) or a checkpoint file (best.pt / last.pt).
+        split: "test", "val" (the run's held-out part of train; needs data.val_split > 0) or "train".
+        tta: also average the softmax of each image's mirror.
+        loader: loader to read with (default "gpu": resident and exact).
+        root: data root, if the data moved since training (default: the run's data.root / $FASTCIFAR_ROOT).
+        device: "auto" (default), "cpu", "cuda", "cuda:N".
+        console: where the table is printed (default stdout).
+
+    Returns:
+        {"split", "acc", "top5", "loss" (plain CE of the logits, no margin), "images", "epoch", "checkpoint",
+        "tta", "synthetic"}; acc and top5 are fractions in [0, 1].
+    """
+    if split not in ("test", "val", "train"):
+        raise FastcifarError(f"Unknown split '{split}'; evaluate test, val or train.")
+    path = resolve_checkpoint(target, BEST)
+    state = load_checkpoint(path)
+    cfg = from_dict(state["config"])
+    if root is not None:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(root)))
+    dev = resolve_device(device or "auto")
+    info = data_info(cfg)
+    model = _load_model(cfg, state, info.num_classes, dev, str(path))
+    if split == "val":
+        indices = split_indices(cfg, info.train_count)[1]
+        if indices is None:
+            raise FastcifarError(f"Run '{path.parent}' held out no validation images (data.val_split: 0); evaluate split test or train.")
+        data = eval_loader(cfg, "train", dev, indices, loader=loader or "gpu")
+    else:
+        data = eval_loader(cfg, split, dev, loader=loader or "gpu")
+    from fastcifar.augment import GpuAugment
+
+    prepare = GpuAugment(cfg.augment, info.mean, info.std, info.num_classes).eval_batch
+    dtype = AMP_DTYPES[cfg.train.amp]
+    autocast = torch.autocast(dev.type, dtype=dtype) if dtype else nullcontext()
+    sums = eval_pass(model, data, prepare, autocast, info.num_classes, tta=tta)
+    scores = summarize_eval(sums, split)
+    result = {
+        "split": split,
+        "acc": scores[f"{split}_acc"],
+        "top5": scores[f"{split}_top5"],
+        "loss": scores[f"{split}_loss"],
+        "images": int(sums["count"]),
+        "epoch": int(state["epoch"]),
+        "checkpoint": str(path),
+        "tta": tta,
+        "synthetic": info.synthetic,
+    }
+    _print(result, cfg.name, console or Console())
+    return result
+
+
+def _load_model(cfg, state: dict, num_classes: int, device: torch.device, source: str) -> torch.nn.Module:
+    from fastcifar.models import build_model, load_weights
+
+    model = build_model(dataclasses.replace(cfg.model, pretrained=False), num_classes)  # weights come from the checkpoint
+    load_weights(model, eval_weights(state), source)
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
+    return model.to(device, memory_format=memory_format).eval()
+
+
+def _print(r: dict, name: str, console: Console) -> None:
+    table = Table(title=f"{name}: {Path(r['checkpoint']).name} (epoch {r['epoch'] + 1}) on {r['split']}{' + flip TTA' if r['tta'] else ''}")
+    for column in ("images", "top-1", "top-5", "loss", "data"):
+        table.add_column(column, justify="right")
+    table.add_row(f"{r['images']:,}", f"{r['acc']:.2%}", f"{r['top5']:.2%}", f"{r['loss']:.4f}", "[yellow]SYNTHETIC[/]" if r["synthetic"] else "real")
+    console.print(table)

@@ -1,0 +1,146 @@
+"""One training step and one evaluation pass. Device-agnostic: everything follows the input tensors.
+
+Neither function calls `.item()` or synchronizes: counts and loss sums stay on the device and the
+trainer reads them once per epoch, so a CUDA step queue is never drained inside the loop.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import AbstractContextManager
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fastcifar.engine.metrics import confusion_matrix
+
+# (x, logits, targets) -> scalar loss; x is the augmented batch (the distillation teacher needs it).
+Objective = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def make_objective(criterion: Callable[[Tensor, Tensor], Tensor], teacher: nn.Module | None = None, distill=None) -> Objective:
+    """The training loss as a function of (x, logits, targets).
+
+    Without a teacher: `criterion(logits, targets)`. With one (`distill`: the DistillConfig): the frozen
+    teacher scores the same augmented batch resized to `distill.teacher_image_size`, and the loss is
+    `distill_loss` = alpha * KL(T) * T^2 + (1 - alpha) * criterion (so margins and smoothing still apply).
+    """
+    if teacher is None:
+        return lambda x, logits, targets: criterion(logits, targets)
+    from fastcifar.engine.teacher import teacher_logits
+    from fastcifar.losses import distill_loss
+
+    def objective(x: Tensor, logits: Tensor, targets: Tensor) -> Tensor:
+        guide = teacher_logits(teacher, x, distill.teacher_image_size)  # [B, C], no grad
+        return distill_loss(logits, guide, targets, distill.temperature, distill.alpha, criterion)
+
+    return objective
+
+
+def hard_labels(targets: Tensor) -> Tensor:
+    """int64 [B] class per sample: the targets themselves, or the argmax of soft targets [B, C]."""
+    return targets.argmax(dim=1) if targets.is_floating_point() else targets
+
+
+def train_step(
+    model: nn.Module,
+    x: Tensor,
+    targets: Tensor,
+    objective: Objective,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    autocast: AbstractContextManager,
+    grad_clip: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """Forward, loss, backward, (clip), optimizer step.
+
+    Args:
+        model: the training module (possibly compiled / DDP-wrapped), in train mode.
+        x: [B, 3, S, S] normalized, channels_last, float32 or the AMP dtype, on the model's device.
+        targets: int64 [B] labels or float [B, C] soft labels (mixup / cutmix).
+        objective: loss from (x, logits, targets).
+        optimizer, scaler: the optimizer and its GradScaler (disabled unless fp16).
+        autocast: `torch.autocast(...)` or `nullcontext()`.
+        grad_clip: max global L2 norm of the gradients; 0 = off.
+
+    Returns:
+        (loss: float32 scalar, detached; correct: int64 scalar = samples whose argmax matches the
+        (argmax of the) target), both on the device. Accuracy comes from this same forward pass.
+    """
+    with autocast:
+        logits = model(x)  # [B, C]
+        loss = objective(x, logits, targets)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    correct = (logits.detach().argmax(dim=1) == hard_labels(targets)).sum()
+    return loss.detach().float(), correct
+
+
+@torch.no_grad()
+def eval_pass(
+    model: nn.Module,
+    loader,
+    prepare: Callable[[Tensor], Tensor],
+    autocast: AbstractContextManager,
+    num_classes: int,
+    tta: bool = False,
+) -> dict[str, Tensor]:
+    """Run `model` over every batch of `loader` and sum what top-1/top-5/loss need.
+
+    The loss is plain cross-entropy on the model's logits: margin heads output s*cos without the margin,
+    so evaluation scores raw cosines, as the seed experiments did. With `tta`, the prediction is the mean
+    of the softmax of the image and of its mirror, and the loss is the NLL of that mean.
+
+    Args:
+        model: module to evaluate (mode is set to eval here and restored after).
+        loader: yields (images uint8 [B, 3, 32, 32], labels int64 [B]) on the device.
+        prepare: uint8 images -> [B, 3, S, S] normalized float (`GpuAugment.eval_batch`).
+        autocast: as in training.
+        num_classes: C.
+        tta: horizontal-flip test-time augmentation.
+
+    Returns:
+        On the device: loss_sum float64 [], correct1 / correct5 / count int64 [], confusion int64 [C, C]
+        (rows = true class). Sums, so ranks can all-reduce them before dividing.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    k = min(5, num_classes)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct5 = torch.zeros((), dtype=torch.int64, device=device)
+    count = torch.zeros((), dtype=torch.int64, device=device)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    for images, labels in loader:
+        x = prepare(images)  # [B, 3, S, S] float, channels_last
+        with autocast:
+            logits = model(x)  # [B, C]
+            mirrored = model(torch.flip(x, dims=[3])) if tta else None  # the mirror image, flipped along W
+        log_probs = F.log_softmax(logits.float(), dim=1)  # [B, C] float32
+        if mirrored is not None:
+            pair = torch.stack([log_probs, F.log_softmax(mirrored.float(), dim=1)])  # [2, B, C]
+            log_probs = torch.logsumexp(pair, dim=0) - math.log(2.0)  # log of the mean of the two softmaxes
+        loss_sum += F.nll_loss(log_probs, labels, reduction="sum").double()
+        top = log_probs.topk(k, dim=1).indices  # [B, k]
+        correct5 += (top == labels[:, None]).any(dim=1).sum()
+        confusion += confusion_matrix(top[:, 0], labels, num_classes)
+        count += labels.numel()
+    model.train(was_training)
+    return {"loss_sum": loss_sum, "correct1": confusion.diagonal().sum(), "correct5": correct5, "count": count, "confusion": confusion}
+
+
+def summarize_eval(sums: dict[str, Tensor], prefix: str) -> dict[str, float]:
+    """`{prefix}_loss`, `{prefix}_acc`, `{prefix}_top5` (fractions in [0, 1]) from (all-reduced) sums."""
+    count = max(int(sums["count"]), 1)
+    return {
+        f"{prefix}_loss": float(sums["loss_sum"]) / count,
+        f"{prefix}_acc": int(sums["correct1"]) / count,
+        f"{prefix}_top5": int(sums["correct5"]) / count,
+    }
