@@ -35,13 +35,21 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from fastcifar.loaders.base import (
+    as_device,
+    batch_size_for,
+    check_rank,
+    drop_last_for,
+    label_kind,
+    native_ops_for,
+    nhwc_to_contract,
+    prepared_format,
+    require_extra,
+    worker_count,
+)
 
 from fastcifar.config import Config
 from fastcifar.errors import FastcifarError
-from fastcifar.loaders.base import (
-    as_device, batch_size_for, check_rank, drop_last_for, label_kind, native_ops_for, nhwc_to_contract,
-    prepared_format, require_extra, worker_count,
-)
 
 LABEL_BYTES = 4  # CIFAR labels have at most 2 digits; fixed so every batch has the same [B, 4] shape
 

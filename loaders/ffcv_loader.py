@@ -31,13 +31,22 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from fastcifar.loaders.base import (
+    as_device,
+    batch_size_for,
+    check_indices,
+    check_rank,
+    drop_last_for,
+    label_kind,
+    native_ops_for,
+    prepared_format,
+    require_extra,
+    sample_order,
+    worker_count,
+)
 
 from fastcifar.config import Config
 from fastcifar.errors import FastcifarError
-from fastcifar.loaders.base import (
-    as_device, batch_size_for, check_indices, check_rank, drop_last_for, label_kind, native_ops_for, prepared_format,
-    require_extra, sample_order, worker_count,
-)
 
 ORDERS = {"random": "RANDOM", "quasi_random": "QUASI_RANDOM", "sequential": "SEQUENTIAL"}
 
@@ -85,7 +94,14 @@ def keep_torch_threads() -> Iterator[None]:
 def _pipelines(device: torch.device, label_field: str, hflip: float, padding: int) -> dict:
     """ffcv pipelines per field; the unused label field is disabled (None)."""
     from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
-    from ffcv.transforms import RandomHorizontalFlip, RandomTranslate, Squeeze, ToDevice, ToTensor, ToTorchImage
+    from ffcv.transforms import (
+        RandomHorizontalFlip,
+        RandomTranslate,
+        Squeeze,
+        ToDevice,
+        ToTensor,
+        ToTorchImage,
+    )
 
     image = [SimpleRGBImageDecoder()]  # [B, 32, 32, 3] uint8 numpy, JIT
     if hflip > 0:

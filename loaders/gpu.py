@@ -12,12 +12,18 @@ from typing import Iterator
 
 import numpy as np
 import torch
-
-from fastcifar.config import Config
 from fastcifar.loaders.base import (
-    as_device, batch_size_for, check_indices, drop_last_for, nhwc_to_contract, npy_paths, num_batches,
+    as_device,
+    batch_size_for,
+    check_indices,
+    drop_last_for,
+    nhwc_to_contract,
+    npy_paths,
+    num_batches,
     sample_order,
 )
+
+from fastcifar.config import Config
 
 
 class GpuLoader:

@@ -14,13 +14,20 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
+from fastcifar.loaders.base import (
+    as_device,
+    batch_size_for,
+    check_indices,
+    drop_last_for,
+    nhwc_to_contract,
+    npy_paths,
+    sample_order,
+    shard_length,
+    worker_count,
+)
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fastcifar.config import Config
-from fastcifar.loaders.base import (
-    as_device, batch_size_for, check_indices, drop_last_for, nhwc_to_contract, npy_paths,
-    sample_order, shard_length, worker_count,
-)
 
 
 class NpyDataset(Dataset):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 SYNTH_TRAIN = 512  # images
 SYNTH_TEST = 256
@@ -63,3 +64,13 @@ def prepared_root(tmp_path_factory):
         return roots[key]
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: the runs are tiny, other test files share the 2 cores, and oversubscribed
+    OpenMP threads slow CPU training down by 10x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

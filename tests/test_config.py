@@ -2,7 +2,13 @@
 
 import pytest
 
-from fastcifar.config import dump_config, from_dict, load_config, packaged_configs, read_yaml
+from fastcifar.config import (
+    dump_config,
+    from_dict,
+    load_config,
+    packaged_configs,
+    read_yaml,
+)
 from fastcifar.errors import FastcifarError
 
 

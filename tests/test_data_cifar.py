@@ -9,8 +9,19 @@ import shutil
 import numpy as np
 import pytest
 
-from fastcifar.data.cifar import DATASETS, SYNTHETIC_MARKER, get_spec, raw_dir, read_split
-from fastcifar.data.names import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR100_COARSE_CLASSES, CIFAR100_FINE_TO_COARSE
+from fastcifar.data.cifar import (
+    DATASETS,
+    SYNTHETIC_MARKER,
+    get_spec,
+    raw_dir,
+    read_split,
+)
+from fastcifar.data.names import (
+    CIFAR10_CLASSES,
+    CIFAR100_CLASSES,
+    CIFAR100_COARSE_CLASSES,
+    CIFAR100_FINE_TO_COARSE,
+)
 from fastcifar.data.synth import write_synthetic
 from fastcifar.errors import FastcifarError
 

@@ -9,11 +9,11 @@ import sys
 import textwrap
 
 import torch
+from tiny_run import tiny_config
 
 from fastcifar.config import to_dict
 from fastcifar.engine.checkpoint import load_checkpoint
 from fastcifar.engine.metrics import read_jsonl
-from test_train import tiny_config
 
 WORKER = textwrap.dedent(
     """

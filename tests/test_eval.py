@@ -9,12 +9,24 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from tiny_run import run_tiny
 
 from fastcifar.engine import atomic
-from fastcifar.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from fastcifar.engine.metrics import MetricsLog, confusion_matrix, most_confused, read_jsonl
+from fastcifar.engine.checkpoint import (
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from fastcifar.engine.metrics import (
+    MetricsLog,
+    confusion_matrix,
+    most_confused,
+    read_jsonl,
+)
 from fastcifar.errors import FastcifarError
-from test_train import one_thread, run_tiny  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_run import tiny_config
 
 from fastcifar.config import to_dict
 from fastcifar.engine.checkpoint import load_checkpoint
 from fastcifar.engine.metrics import read_jsonl
 from fastcifar.engine.trainer import TIMING_KEYS, train
-from test_train import one_thread, tiny_config  # noqa: F401
 
 STEPS = (512 - 64) // 64  # steps per epoch: 448 train images after the 64-image val split, batch 64
 # Everything that draws random numbers: crop/flip/cutout on the device, mixup, dropout, EMA, label smoothing, a val split.
@@ -69,6 +69,8 @@ VICTIM = textwrap.dedent(
     print("NOT KILLED")
     """
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -1,68 +1,23 @@
 """Trainer tests on tiny synthetic CIFAR-10 (512 train / 256 test images) with timm's `test_resnet` at 32 px.
 
 Every run is real: a model trains on CPU for a few epochs and the tests assert outcomes by value
-(accuracy reached, losses, files written, stop epoch). `tiny_config` and `run_tiny` are imported by the
+(accuracy reached, losses, files written, stop epoch). The tiny run itself lives in tiny_run.py, shared with the
 other trainer test files (test_resume, test_ddp, test_eval, test_train_*).
 """
 
 from __future__ import annotations
 
-import copy
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from tiny_run import run_tiny, tiny_config
 
-from fastcifar.config import Config, from_dict
 from fastcifar.engine.checkpoint import load_checkpoint
 from fastcifar.engine.early_stop import EarlyStopper
-from fastcifar.engine.metrics import read_jsonl
 from fastcifar.errors import FastcifarError
 
-BASE = {
-    "name": "tiny",
-    "description": "trainer test",
-    "data": {"dataset": "cifar10", "batch_size": 64, "eval_batch_size": 256, "workers": 1},
-    "model": {"name": "test_resnet"},  # timm's 0.4M-parameter ResNet: a few seconds per epoch on one core
-    "optim": {"name": "adamw", "lr": 3e-3, "weight_decay": 5e-4},
-    "schedule": {"name": "cosine"},
-    "train": {"epochs": 3, "compile": False, "amp": "none", "device": "cpu"},
-}
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def tiny_config(root: Path, out_dir: Path, **sections) -> Config:
-    """The tiny test config on data root `root`, runs under `out_dir`; `sections` merge into it (e.g. train={...})."""
-    data = _merge(BASE, {"data": {"root": str(root)}, "train": {"out_dir": str(out_dir)}})
-    return from_dict(_merge(data, sections))
-
-
-def run_tiny(root: Path, out_dir: Path, **sections) -> tuple[Path, list[dict], dict]:
-    """Train the tiny config; returns (run dir, metrics.jsonl records, summary.json)."""
-    from fastcifar.engine.trainer import train
-
-    run = train(tiny_config(root, out_dir, **sections), progress=False)
-    return run, read_jsonl(run / "metrics.jsonl"), json.loads((run / "summary.json").read_text())
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: the runs are tiny, other test files share the 2 cores, and oversubscribed
-    OpenMP threads slow CPU training down by 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +80,9 @@ def test_val_split_is_held_out_and_selects(root, tmp_path):
 
 
 def test_arcface_trains_and_evaluates_raw_cosine(root, tmp_path):
+    from fastcifar.augment import GpuAugment
     from fastcifar.engine.evaluate import evaluate
     from fastcifar.engine.inputs import data_info, eval_loader
-    from fastcifar.augment import GpuAugment
     from fastcifar.losses import build_criterion
     from fastcifar.models import build_model
 
@@ -246,8 +201,8 @@ def test_unrecorded_metrics_are_refused(root, tmp_path):
 
 
 def test_init_from_loads_weights_and_refuses_a_wrong_class_count(base_run, root, prepared_root, tmp_path):
-    from fastcifar.engine.trainer import Trainer, train
     from fastcifar.engine.distributed import DistInfo
+    from fastcifar.engine.trainer import Trainer, train
 
     run = base_run[0]
     cfg = tiny_config(root, tmp_path, train={"init_from": str(run), "epochs": 1})

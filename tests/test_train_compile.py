@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
+from tiny_run import run_tiny
 
 from fastcifar.engine.checkpoint import load_checkpoint
-from test_train import one_thread, run_tiny  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_compiled_run_trains_records_compile_time_and_saves_plain_weights(prepared_root, tmp_path):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_run import run_tiny, tiny_config
 
 from fastcifar.engine.checkpoint import load_checkpoint
 from fastcifar.engine.distributed import DistInfo
 from fastcifar.engine.metrics import read_jsonl
 from fastcifar.errors import FastcifarError
-from test_train import one_thread, run_tiny, tiny_config  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from test_train import one_thread, run_tiny  # noqa: F401  (one_thread: module-scoped autouse fixture)
+from tiny_run import run_tiny
 
 FORMATS = {"gpu": ("npy",), "torch": ("npy",), "ffcv": ("npy", "ffcv"), "dali": ("npy", "dali")}
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("loader", ["gpu", "torch", "ffcv", "dali"])

@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from fastcifar.data.cifar import SYNTHETIC_MARKER, get_spec, raw_dir, raw_present
-from fastcifar.data.files import make_temp_dir, md5_file, remove_path, remove_stale_temps, replace_dir
+from fastcifar.data.files import (
+    make_temp_dir,
+    md5_file,
+    remove_path,
+    remove_stale_temps,
+    replace_dir,
+)
 from fastcifar.data.progress import progress_task, say
 from fastcifar.errors import FastcifarError
 from fastcifar.paths import data_root

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import os
 
-from fastcifar.data.cifar import DATASETS, is_synthetic, raw_dir, raw_present, read_split
+from fastcifar.data.cifar import (
+    DATASETS,
+    is_synthetic,
+    raw_dir,
+    raw_present,
+    read_split,
+)
 from fastcifar.data.download import ARCHIVES
 from fastcifar.data.files import tree_size
-from fastcifar.data.manifest import format_entry, format_keys, is_complete, prepared_dir, read_manifest
+from fastcifar.data.manifest import (
+    format_entry,
+    format_keys,
+    is_complete,
+    prepared_dir,
+    read_manifest,
+)
 from fastcifar.errors import FastcifarError
 from fastcifar.paths import data_root
 

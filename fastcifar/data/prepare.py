@@ -21,10 +21,35 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from fastcifar import __version__
-from fastcifar.data.cifar import CifarSplit, fetch_hint, get_spec, raw_dir, raw_present, read_split, source_files
-from fastcifar.data.files import make_temp_dir, md5_file, remove_path, remove_stale_temps, replace_dir
-from fastcifar.data.manifest import (FORMAT_VERSION, FORMATS, MANIFEST, entry_files, format_keys, is_complete, load_manifest,
-                                     prepared_dir, read_manifest, set_format_entry, write_manifest)
+from fastcifar.data.cifar import (
+    CifarSplit,
+    fetch_hint,
+    get_spec,
+    raw_dir,
+    raw_present,
+    read_split,
+    source_files,
+)
+from fastcifar.data.files import (
+    make_temp_dir,
+    md5_file,
+    remove_path,
+    remove_stale_temps,
+    replace_dir,
+)
+from fastcifar.data.manifest import (
+    FORMAT_VERSION,
+    FORMATS,
+    MANIFEST,
+    entry_files,
+    format_keys,
+    is_complete,
+    load_manifest,
+    prepared_dir,
+    read_manifest,
+    set_format_entry,
+    write_manifest,
+)
 from fastcifar.data.progress import progress_task, say
 from fastcifar.data.write_dali import SHARD_SIZE, write_dali
 from fastcifar.data.write_ffcv import write_ffcv

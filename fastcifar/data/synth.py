@@ -19,7 +19,12 @@ import numpy as np
 
 from fastcifar.data.cifar import SYNTHETIC_MARKER, get_spec, raw_dir
 from fastcifar.data.files import make_temp_dir, remove_stale_temps, replace_dir
-from fastcifar.data.names import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR100_COARSE_CLASSES, CIFAR100_FINE_TO_COARSE
+from fastcifar.data.names import (
+    CIFAR10_CLASSES,
+    CIFAR100_CLASSES,
+    CIFAR100_COARSE_CLASSES,
+    CIFAR100_FINE_TO_COARSE,
+)
 from fastcifar.data.pickles import dumps_py2
 from fastcifar.data.progress import progress_task
 from fastcifar.errors import FastcifarError

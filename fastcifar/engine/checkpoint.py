@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from fastcifar.engine import atomic
 from fastcifar.errors import FastcifarError
 

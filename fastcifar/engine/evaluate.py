@@ -12,7 +12,12 @@ from rich.console import Console
 from rich.table import Table
 
 from fastcifar.config import from_dict
-from fastcifar.engine.checkpoint import BEST, eval_weights, load_checkpoint, resolve_checkpoint
+from fastcifar.engine.checkpoint import (
+    BEST,
+    eval_weights,
+    load_checkpoint,
+    resolve_checkpoint,
+)
 from fastcifar.engine.distributed import resolve_device
 from fastcifar.engine.inputs import data_info, eval_loader, split_indices
 from fastcifar.engine.step import eval_pass, summarize_eval

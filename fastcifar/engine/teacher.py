@@ -10,7 +10,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastcifar.config import Config, from_dict
-from fastcifar.engine.checkpoint import BEST, eval_weights, load_checkpoint, resolve_checkpoint
+from fastcifar.engine.checkpoint import (
+    BEST,
+    eval_weights,
+    load_checkpoint,
+    resolve_checkpoint,
+)
 from fastcifar.errors import FastcifarError
 
 

@@ -16,9 +16,26 @@ from rich.console import Console
 from fastcifar.augment import GpuAugment
 from fastcifar.config import Config, from_dict, to_dict
 from fastcifar.engine import report
-from fastcifar.engine.checkpoint import BEST, LAST, eval_weights, load_checkpoint, rng_state, seed_everything, set_rng_state
-from fastcifar.engine.checkpoint import save_checkpoint
-from fastcifar.engine.distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, cleanup, gather_object, init_distributed, wrap_model
+from fastcifar.engine.checkpoint import (
+    BEST,
+    LAST,
+    eval_weights,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+from fastcifar.engine.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    cleanup,
+    gather_object,
+    init_distributed,
+    wrap_model,
+)
 from fastcifar.engine.early_stop import EarlyStopper
 from fastcifar.engine.ema import ModelEma
 from fastcifar.engine.inputs import data_info, eval_loader, split_indices
@@ -281,13 +298,18 @@ class Trainer:
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Augment on the device, one optimizer step, EMA and schedule; returns (loss, correct) device scalars."""
-        x, targets = self.augment.train_batch(images, labels)  # [B, 3, S, S]; int64 [B] or float [B, C]
+        x, targets = self.augment.train_batch(images, labels, self._draw_size())  # [B, 3, S, S]; int64 [B] or float [B, C]
         loss, hits = train_step(self.train_model, x, targets, self.objective, self.optimizer, self.scaler, self.autocast, self.cfg.optim.grad_clip)
         if self.ema is not None:
             self.ema.update(self.model)
         self.scheduler.step()  # per iteration
         self.step += 1
         return loss, hits
+
+    def _draw_size(self) -> int | None:
+        """Multi-scale training: this batch's side from augment.scales (CPU RNG, so resume replays it)."""
+        scales = self.cfg.augment.scales
+        return scales[int(torch.randint(len(scales), ()))] if scales else None
 
     def _evaluate(self, model: torch.nn.Module, splits: tuple[str, ...] | None = None) -> dict:
         """`{split}_loss/_acc/_top5` for each eval split (all-reduced over ranks), plus eval_s; confusion kept."""
