@@ -93,6 +93,17 @@ def test_cpu_clock_and_meter_measure_a_busy_loop():
     assert cpu["cpu_pct_one_core"] == pytest.approx(100 * cpu["cpu_s"] / cpu["wall_s"])
 
 
+def test_windows_close_after_their_batch_count_or_half_a_second():
+    from fastcifar.bench.suites import MIN_WINDOW_S, _windows
+
+    calls = []
+    assert _windows(lambda: calls.append(1), 3, window=4) == [4, 4, 4] and len(calls) == 12  # fast steps: full windows
+    clock = IterationClock(torch.device("cpu"))
+    slow = _windows(lambda: time.sleep(0.3 * MIN_WINDOW_S / 0.5), 2, window=4, clock=clock)  # 0.3 s per step
+    assert slow == [2, 2]  # 0.6 s >= MIN_WINDOW_S after two steps
+    assert len(clock.seconds()) == 2 and all(s >= 2 * 0.3 * MIN_WINDOW_S / 0.5 for s in clock.seconds())
+
+
 @pytest.mark.parametrize("ratio,wait,expected", [
     (0.5, 0.5, "loader-bound"), (0.5, 0.05, "compute-bound"), (0.95, 0.5, "compute-bound"),
     (LOADER_BOUND_RATIO, HIGH_DATA_WAIT, "compute-bound"), (LOADER_BOUND_RATIO - 1e-9, HIGH_DATA_WAIT, "loader-bound"),
@@ -106,7 +117,9 @@ def test_verdict_rule(ratio, wait, expected):
 
 @pytest.mark.parametrize("variant,image_size", [("gpu", 32), ("gpu", 64), ("torch", 64), ("ffcv", 32), ("dali", 32), ("dali-native", 32)])
 def test_loader_only_rows(settings, variant, image_size):
+    threads = torch.get_num_threads()
     row = loader_only(settings, variant, image_size, data_info(settings))
+    assert row["torch_threads"] == threads == torch.get_num_threads()  # no backend throttles the process's threads
     _check_row(row, "loader", image_size)
     assert row["loader"] == variant
     assert row["out_dtype"] == "float32"  # amp none: the model gets float32

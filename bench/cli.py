@@ -1,0 +1,354 @@
+"""`fastcifar bench`: how fast each loader feeds each model at each image size on this machine, and where the time goes.
+
+`add_arguments(parser)` declares the options on the `bench` sub-command; `run_bench(args)` resolves the defaults
+for the device, makes (or checks) the prepared data, plans the cells, measures them with `fastcifar.bench.suites`
+and prints / writes the report with `fastcifar.bench.report`.
+
+Defaults finish in a few minutes on a 2-core CPU: loader-only at 32, 64, 128, 224 px; the model-only ceiling and
+end-to-end rows only at the smallest size on a CPU (a ResNet train step at 224 px takes seconds per batch there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import difflib
+import socket
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from fastcifar.bench import report
+from fastcifar.bench.provenance import LoadWatch, collect
+from fastcifar.bench.suites import (
+    BENCH_AUGMENT, FORMATS, VARIANTS, BenchSettings, data_info, end_to_end, loader_only, model_only, settings_dict,
+)
+from fastcifar.bench.timing import usable_cores
+from fastcifar.errors import FastcifarError
+from fastcifar.loaders.ffcv_loader import keep_torch_threads
+
+DEFAULT_LOADERS = "gpu,torch,ffcv,dali"
+DEFAULT_SIZES = (32, 64, 128, 224)
+VIEWS = ("loader", "model", "e2e")
+SWEEP_DEFAULTS = {"batch": (64, 128, 256, 512), "workers": (1, 2, 4, 8)}
+SYNTHETIC_TEST_IMAGES = 1000  # the test split is not benchmarked; keep it small
+MIN_ITERS_FOR_MEDIAN = 10
+DEFAULT_ITERS = {"cuda": 50, "cpu": MIN_ITERS_FOR_MEDIAN}  # a CPU train step takes seconds: keep the default short
+console = Console()
+if not console.is_terminal:  # piped into a log: rich would wrap the tables at 80 columns
+    console.width = max(console.width, 160)
+
+
+# ---------------------------------------------------------------------------- arguments
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the `fastcifar bench` options on `parser`."""
+    what = parser.add_argument_group("what to measure")
+    what.add_argument("--views", default="loader,model,e2e", help="comma-separated subset of loader (augmented batches, "
+                      "no model), model (train step on a synthetic batch: the ceiling), e2e (train step fed by the loader)")
+    what.add_argument("--loaders", default=DEFAULT_LOADERS, help=f"comma-separated subset of {','.join(VARIANTS)}")
+    what.add_argument("--image-sizes", default=None, help="comma-separated px (default 32,64,128,224; on a CPU the "
+                      "model and e2e views run only at the smallest unless sizes are given or --sweep size)")
+    what.add_argument("--batch-size", type=int, default=256, help="images per step (default 256)")
+    what.add_argument("--model", default="resnet18", help="any timm model name (default resnet18)")
+    what.add_argument("--cifar-stem", action=argparse.BooleanOptionalAction, default=False, help="3x3 stride-1 stem (default off)")
+    what.add_argument("--sweep", choices=("none", "size", "batch", "workers"), default="none",
+                      help="size: every view at every image size; batch / workers: repeat the views over --sweep-values")
+    what.add_argument("--sweep-values", default=None, help="comma-separated values for --sweep batch|workers "
+                      f"(default batch {','.join(map(str, SWEEP_DEFAULTS['batch']))}, workers {','.join(map(str, SWEEP_DEFAULTS['workers']))})")
+
+    how = parser.add_argument_group("how to run it")
+    how.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    how.add_argument("--iters", type=int, default=None, help="timed windows per cell (a window: up to workers x prefetch batches or 0.5 s); figures are medians "
+                     f"(default {DEFAULT_ITERS['cuda']} with CUDA, {DEFAULT_ITERS['cpu']} on a CPU)")
+    how.add_argument("--warmup", type=int, default=3, help="warm-up before measuring: the first batch plus WARMUP-1 windows, timed on their own (default 3)")
+    how.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                     help="torch.compile the model (default: on with CUDA, off on a CPU where it takes ~1 min)")
+    how.add_argument("--amp", choices=("bf16", "fp16", "none"), default=None,
+                     help="autocast dtype (default: bf16 with CUDA, none on a CPU)")
+    how.add_argument("--workers", type=int, default=None, help="DataLoader workers / ffcv, dali threads (default: usable cores)")
+    how.add_argument("--seed", type=int, default=0)
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--root", default=None, help="data root with prepared data (default: a temporary root with a "
+                      "SYNTHETIC stand-in; image content does not affect throughput)")
+    data.add_argument("--dataset", choices=("cifar10", "cifar100"), default="cifar100")
+    data.add_argument("--synthetic-images", type=int, default=10000, help="train images in the synthetic stand-in (default 10000)")
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--json", metavar="PATH", help="write rows + provenance as JSON")
+    out.add_argument("--markdown", metavar="PATH", help="write the tables as Markdown")
+    out.add_argument("--png", metavar="PATH", help="write the img/s chart (loader x image size, log scale, ceiling lines)")
+    out.add_argument("--out", metavar="DIR", help="write all three as DIR/<device>-<tag>-<date>.{json,md,png}")
+    out.add_argument("--tag", default=None, help="name part for --out files (default: the hostname)")
+
+
+# ---------------------------------------------------------------------------- resolving
+
+
+def _ints(text: str, what: str, minimum: int = 1) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise FastcifarError(f"{what} must be comma-separated integers, got '{text}'; e.g. 32,64.") from None
+    if not values or min(values) < minimum:
+        raise FastcifarError(f"{what} must list integers >= {minimum}, got '{text}'.")
+    return values
+
+
+def _names(text: str, valid: tuple[str, ...], what: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    for name in names:
+        if name not in valid:
+            match = difflib.get_close_matches(name, valid, n=1)
+            hint = f"did you mean '{match[0]}'?" if match else f"choose from {','.join(valid)}."
+            raise FastcifarError(f"Unknown {what} '{name}'; {hint}")
+    if not names:
+        raise FastcifarError(f"{what} list is empty; choose from {','.join(valid)}.")
+    return list(dict.fromkeys(names))
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda when available, else cpu; an explicit cuda on a machine without one is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise FastcifarError(f"Unknown --device '{name}'; use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FastcifarError("--device cuda was given but torch sees no CUDA device; use --device cpu or auto.")
+    if device.type not in ("cpu", "cuda"):
+        raise FastcifarError(f"--device {name} is not supported; use auto, cpu, cuda or cuda:N.")
+    return device
+
+
+def _backend_missing(variant: str) -> str | None:
+    """Why an optional backend cannot run here, or None when it imports."""
+    module, extra = {"ffcv": ("ffcv", "ffcv"), "dali": ("nvidia.dali", "dali")}.get(VARIANTS[variant][0], (None, None))
+    if module is None:
+        return None
+    try:
+        with keep_torch_threads():  # importing ffcv sets torch's intra-op threads to 1 for the whole process
+            __import__(module)
+    except Exception as error:  # noqa: BLE001 - a broken install is reported as 'cannot run', with its cause
+        return f"{module} does not import ({type(error).__name__}: {error}); install it with pip install 'fastcifar[{extra}]'."
+    return None
+
+
+# ---------------------------------------------------------------------------- data
+
+
+@contextlib.contextmanager
+def bench_root(args: argparse.Namespace, formats: set[str]):
+    """Yield the data root: --root as given, or a temporary root with a SYNTHETIC stand-in prepared in `formats`."""
+    if args.root:
+        from fastcifar.paths import data_root
+
+        yield data_root(args.root)
+        return
+    from fastcifar.data.prepare import prepare
+    from fastcifar.data.synth import write_synthetic
+
+    with tempfile.TemporaryDirectory(prefix="fastcifar-bench-") as tmp:
+        start = time.perf_counter()
+        with console.status(f"writing a SYNTHETIC {args.dataset} stand-in ({args.synthetic_images} train images) "
+                            f"and preparing {', '.join(sorted(formats))} ..."):
+            write_synthetic(args.dataset, tmp, train=args.synthetic_images, test=SYNTHETIC_TEST_IMAGES, seed=args.seed,
+                            progress=False)
+            prepare(args.dataset, tmp, formats=tuple(sorted(formats)), dali_encoding="raw", progress=False)
+        console.print(f"[yellow]SYNTHETIC[/] data prepared in {time.perf_counter() - start:.1f} s under {tmp} "
+                      "(image content does not affect throughput; not for accuracy claims)", highlight=False)
+        yield Path(tmp)
+
+
+def _prepared_formats(dataset: str, root: Path) -> set[str]:
+    from fastcifar.data.prepare import load_manifest
+
+    manifest = load_manifest(dataset, root, require=("npy",))
+    return set(manifest.get("formats", {}))
+
+
+# ---------------------------------------------------------------------------- planning
+
+
+def _plan(args: argparse.Namespace, device: torch.device, variants: list[str], views: list[str]) -> tuple[list, list, list]:
+    """Cells to measure as (view, variant, image_size, overrides), plus skipped cells and notes."""
+    sizes_given = args.image_sizes is not None
+    sizes = _ints(args.image_sizes, "--image-sizes") if sizes_given else list(DEFAULT_SIZES)
+    skipped, notes = [], []
+    if args.sweep in ("batch", "workers"):
+        values = _ints(args.sweep_values, "--sweep-values", 0 if args.sweep == "workers" else 1) if args.sweep_values else list(SWEEP_DEFAULTS[args.sweep])
+        if not sizes_given:
+            sizes = sizes[:1]
+            notes.append(f"--sweep {args.sweep} runs at {sizes[0]} px unless --image-sizes is given.")
+        field = "batch_size" if args.sweep == "batch" else "workers"
+        overrides = [{field: v} for v in values]
+    else:
+        if args.sweep_values:
+            raise FastcifarError("--sweep-values needs --sweep batch or --sweep workers; add one of them.")
+        overrides = [{}]
+    model_sizes = sizes
+    if device.type == "cpu" and not sizes_given and args.sweep != "size" and ("model" in views or "e2e" in views):
+        model_sizes = sizes[:1]
+        for size in sizes[1:]:
+            skipped.append({"view": "model+e2e", "loader": None, "image_size": size, "reason": (
+                f"skipped on a CPU by default: a {args.model} train step at {size} px is seconds per batch here; "
+                "pass --image-sizes or --sweep size to run it.")})
+    if "e2e" in views and "model" not in views:
+        views = ["model", *views]
+        notes.append("the model-only view was added: end-to-end ratios need its ceiling.")
+    cells = []
+    for index, over in enumerate(overrides):
+        first = index == 0
+        for view in ("loader", "model", "e2e"):  # the ceiling right before the e2e rows it divides: same machine state
+            if view not in views:
+                continue
+            if view == "model":
+                if args.sweep == "workers" and not first:
+                    continue  # the ceiling does not depend on loader workers
+                cells += [("model", None, s, over) for s in model_sizes]
+                continue
+            for variant in variants:
+                if args.sweep == "workers" and variant == "gpu" and not first:
+                    skipped.append({"view": view, "loader": variant, "image_size": None,
+                                    "reason": f"workers={over['workers']}: the gpu loader has no workers (measured once)."})
+                    continue
+                cells += [(view, variant, s, over) for s in (sizes if view == "loader" else model_sizes)]
+    return cells, skipped, notes
+
+
+# ---------------------------------------------------------------------------- running
+
+
+def _settings(args: argparse.Namespace, device: torch.device, root: Path) -> BenchSettings:
+    return BenchSettings(
+        root=root, dataset=args.dataset, device=str(device), batch_size=args.batch_size,
+        workers=args.workers if args.workers is not None else usable_cores(), model=args.model, cifar_stem=args.cifar_stem,
+        amp=args.amp or ("bf16" if device.type == "cuda" else "none"),
+        compile=args.compile if args.compile is not None else device.type == "cuda",
+        iters=args.iters, warmup=args.warmup, seed=args.seed,
+    )
+
+
+def _measure(cells: list, base: BenchSettings, info, skipped: list, failed: list) -> list[dict]:
+    rows, ceilings = [], {}
+    threads = torch.get_num_threads()  # intra-op threads of this process, the same for every cell
+    for number, (view, variant, size, over) in enumerate(cells, 1):
+        torch.set_num_threads(threads)  # a backend that changed it (ffcv does, per loader) must not carry over
+        settings = replace(base, **over)
+        label = f"[{number}/{len(cells)}] {view} {variant or settings.model} {size}px batch {settings.batch_size}" + (
+            f" workers {settings.workers}" if "workers" in over else "")
+        try:
+            with console.status(f"measuring {label} ..."):
+                if view == "model":
+                    row = model_only(settings, size, info)
+                    ceilings[(size, settings.batch_size)] = row["img_s"]
+                elif view == "loader":
+                    row = loader_only(settings, variant, size, info)
+                else:
+                    ceiling = ceilings.get((size, settings.batch_size))
+                    if ceiling is None:
+                        skipped.append({"view": view, "loader": variant, "image_size": size, "reason": "no model-only ceiling was measured."})
+                        continue
+                    row = end_to_end(settings, variant, size, info, ceiling)
+        except (FastcifarError, ImportError) as error:
+            skipped.append({"view": view, "loader": variant, "image_size": size, "reason": str(error)})
+            console.print(f"[yellow]skipped[/] {label}: {error}", highlight=False)
+            continue
+        except Exception as error:  # noqa: BLE001 - recorded and re-raised after the report is written
+            failed.append({"view": view, "loader": variant, "image_size": size, "reason": f"{type(error).__name__}: {error}"})
+            console.print(f"[bold red]failed[/] {label}: {type(error).__name__}: {error}", highlight=False)
+            continue
+        extra = f" · ratio {row['ratio']:.2f} · wait {100 * row['data_wait_share']:.0f} % · {row['verdict']}" if view == "e2e" else ""
+        console.print(f"{label}: {row['img_s']:,.0f} img/s (warm-up {row['warmup_s']:.1f} s){extra}", highlight=False)
+        rows.append(row)
+    return rows
+
+
+def run_bench(args: argparse.Namespace) -> dict:
+    """Run the benchmark the parsed `args` describe; print the tables, write the requested files, return the result."""
+    device = resolve_device(args.device)
+    if args.iters is None:
+        args.iters = DEFAULT_ITERS[device.type]
+    views = _names(args.views, VIEWS, "view")
+    variants = _names(args.loaders, tuple(VARIANTS), "loader")
+    if args.iters < 1 or args.warmup < 1 or args.batch_size < 1:
+        raise FastcifarError("--iters, --warmup and --batch-size must be at least 1; pass larger values.")
+    if device.type == "cuda":  # the trainer's settings, so the ceiling is the trainer's ceiling
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels once
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls
+    cells, skipped, notes = _plan(args, device, variants, views)
+    for variant in variants:
+        reason = _backend_missing(variant)
+        if reason:
+            skipped.append({"view": "all", "loader": variant, "image_size": None, "reason": reason})
+            cells = [c for c in cells if c[1] != variant]
+    formats = {"npy"} | {FORMATS[VARIANTS[c[1]][0]] for c in cells if c[1]}
+    if args.iters < MIN_ITERS_FOR_MEDIAN:
+        notes.append(f"only {args.iters} measured iterations per cell: medians are rough (use --iters >= {MIN_ITERS_FOR_MEDIAN}).")
+
+    with bench_root(args, formats) as root:
+        if args.root:
+            missing = formats - _prepared_formats(args.dataset, root)
+            for fmt in sorted(missing):
+                users = sorted({c[1] for c in cells if c[1] and FORMATS[VARIANTS[c[1]][0]] == fmt})
+                skipped.append({"view": "all", "loader": ",".join(users), "image_size": None, "reason": (
+                    f"the {fmt} format is not prepared under {root}; run `fastcifar data prepare {args.dataset} --formats {fmt}"
+                    f" --root {root}`.")})
+            cells = [c for c in cells if not c[1] or FORMATS[VARIANTS[c[1]][0]] not in missing]
+        settings = _settings(args, device, root)
+        info = data_info(settings)
+        for item in skipped:
+            console.print(f"[yellow]skipped[/] {report._skipped_text(item)}", highlight=False)
+        watch = LoadWatch()
+        watch.start()
+        failed: list[dict] = []
+        rows = _measure(cells, settings, info, skipped, failed)
+        load = watch.stop()
+    report.annotate_speedups(rows)
+    above = [r for r in rows if r["view"] == "e2e" and r["ratio"] > 1.05]
+    if above:
+        worst = max(above, key=lambda r: r["ratio"])
+        notes.append(f"{len(above)} end-to-end row(s) measured above the model-only ceiling (up to {worst['ratio']:.2f}x, "
+                     f"{worst['loader']} at {worst['image_size']} px): run-to-run noise of this machine (compare the "
+                     "min–max ranges); read a ratio above 1 as 'at the ceiling'.")
+    shown = settings_dict(settings)
+    shown.update(root=args.root or "(temporary synthetic root)", views=views, loaders=variants, sweep=args.sweep,
+                 image_sizes=sorted({c[2] for c in cells}))
+    result = {
+        "schema": "fastcifar-bench/1",
+        "provenance": collect(device, shown),
+        "machine_load": load,
+        "data": {"dataset": args.dataset, "synthetic": info.synthetic, "train_images": info.train_count, "root": shown["root"]},
+        "policy": dict(BENCH_AUGMENT),
+        "sweep": args.sweep,
+        "rows": rows,
+        "skipped": skipped,
+        "failed": failed,
+        "notes": notes,
+    }
+    report.print_tables(result, console)
+    _write_outputs(args, result, device)
+    if failed:
+        raise FastcifarError(f"{len(failed)} benchmark cell(s) failed ({failed[0]['reason']}); the report lists them under 'failed'.")
+    return result
+
+
+def _write_outputs(args: argparse.Namespace, result: dict, device: torch.device) -> None:
+    paths = {"json": args.json, "markdown": args.markdown, "png": args.png}
+    if args.out:
+        stem = f"{device.type}-{args.tag or socket.gethostname()}-{dt.date.today().isoformat()}"
+        for kind, suffix in (("json", "json"), ("markdown", "md"), ("png", "png")):
+            paths[kind] = paths[kind] or str(Path(args.out) / f"{stem}.{suffix}")
+    writers = {"json": report.write_json, "markdown": report.write_markdown, "png": report.write_png}
+    for kind, path in paths.items():
+        if path:
+            writers[kind](result, path)
+            console.print(f"wrote {path}", highlight=False)

@@ -1,0 +1,155 @@
+"""Provenance saved with every benchmark number: versions, device, CPU, git hash, host, date, machine load.
+
+A number without its machine and software is not a result. `collect()` gathers what identifies the run;
+`LoadWatch` records how busy the machine was with *other* work while the benchmark ran, so a reader can
+discount numbers taken on a shared box.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from importlib import metadata
+import platform
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from fastcifar.bench.timing import process_cpu_seconds, usable_cores
+
+BUSY_OTHERS_SHARE = 0.10  # other processes used > 10 % of all cores during the run: numbers may be low
+
+
+def _version(module: str, distribution: str | None = None) -> str | None:
+    """Version of an importable module, or None when it is not installed (optional backends).
+
+    The installed distribution's metadata wins over `module.__version__` where both exist: ffcv 1.0.2 still
+    reports `__version__ = "0.0.3rc1"`.
+    """
+    from fastcifar.loaders.ffcv_loader import keep_torch_threads
+
+    try:
+        with keep_torch_threads():  # importing ffcv sets torch's intra-op threads to 1 for the whole process
+            mod = __import__(module, fromlist=["__version__"])
+    except Exception:  # noqa: BLE001 - a broken optional backend is reported as missing, not a crash
+        return None
+    if distribution:
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            pass
+    return str(getattr(mod, "__version__", "unknown"))
+
+
+def versions() -> dict:
+    """Versions of fastcifar, python and the libraries that shape the numbers (None = not installed)."""
+    return {
+        "fastcifar": _version("fastcifar"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": _version("torchvision"),
+        "timm": _version("timm"),
+        "numpy": _version("numpy"),
+        "numba": _version("numba"),
+        "ffcv": _version("ffcv", "ffcv"),
+        "dali": _version("nvidia.dali"),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+    }
+
+
+def cpu_model() -> str:
+    """CPU model string from /proc/cpuinfo (Linux), else platform.processor()."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device) -> str:
+    """Human name of the device the benchmark ran on: the GPU's name, or 'cpu (<model>)'."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({cpu_model()})"
+
+
+def git_revision() -> dict:
+    """Commit hash of the fastcifar checkout and whether it had uncommitted changes (None outside a checkout)."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return {"hash": None, "dirty": None}
+    if head.returncode != 0:
+        return {"hash": None, "dirty": None}
+    return {"hash": head.stdout.strip(), "dirty": bool(dirty.stdout.strip()) if dirty.returncode == 0 else None}
+
+
+def collect(device: torch.device, settings: dict) -> dict:
+    """Everything that identifies a benchmark run. `settings` are the resolved CLI settings, stored verbatim."""
+    return {
+        "versions": versions(),
+        "device": str(device),
+        "device_name": device_name(device),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "usable_cores": usable_cores(),
+        "torch_threads": torch.get_num_threads(),
+        "git": git_revision(),
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "settings": settings,
+    }
+
+
+# ---------------------------------------------------------------------------- machine load
+
+
+def _system_busy_seconds() -> float | None:
+    """CPU s all cores spent not idle since boot (from /proc/stat), None where unavailable."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(v) for v in fields]
+    # user nice system idle iowait irq softirq steal guest guest_nice; guest time is already inside user/nice
+    busy = sum(ticks[:8]) - ticks[3] - ticks[4] - ticks[7]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+class LoadWatch:
+    """Load of the machine around a run: load averages at start and end, and the share of all cores that
+    *other* processes used meanwhile (system busy CPU time minus this process tree's CPU time)."""
+
+    def __init__(self) -> None:
+        self._start = None
+
+    def start(self) -> None:
+        self._started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        self._start = (time.perf_counter(), _system_busy_seconds(), process_cpu_seconds(), os.getloadavg())
+
+    def stop(self) -> dict:
+        wall0, sys0, own0, load0 = self._start
+        wall = time.perf_counter() - wall0
+        sys1, own1, load1 = _system_busy_seconds(), process_cpu_seconds(), os.getloadavg()
+        others = None
+        if sys0 is not None and sys1 is not None:
+            others = max((sys1 - sys0) - (own1 - own0), 0.0) / (max(wall, 1e-9) * (os.cpu_count() or 1))
+            others = min(others, 1.0)  # /proc/stat counts in 10 ms ticks: a short window can round above 100 %
+        return {
+            "started": self._started,
+            "load_avg_start": [round(v, 2) for v in load0],
+            "load_avg_end": [round(v, 2) for v in load1],
+            "others_cpu_share": None if others is None else round(others, 3),
+            "busy": bool(others is not None and others > BUSY_OTHERS_SHARE),
+            "wall_s": round(wall, 1),
+        }
