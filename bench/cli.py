@@ -26,7 +26,15 @@ from rich.console import Console
 from fastcifar.bench import report
 from fastcifar.bench.provenance import LoadWatch, collect
 from fastcifar.bench.suites import (
-    BENCH_AUGMENT, FORMATS, VARIANTS, BenchSettings, data_info, end_to_end, loader_only, model_only, settings_dict,
+    BENCH_AUGMENT,
+    FORMATS,
+    VARIANTS,
+    BenchSettings,
+    data_info,
+    end_to_end,
+    loader_only,
+    model_only,
+    settings_dict,
 )
 from fastcifar.bench.timing import usable_cores
 from fastcifar.errors import FastcifarError

@@ -9,88 +9,17 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from importlib import metadata
 import platform
 import socket
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 
 from fastcifar.bench.timing import process_cpu_seconds, usable_cores
+from fastcifar.provenance import cpu_model, device_name, git_revision, versions
 
 BUSY_OTHERS_SHARE = 0.10  # other processes used > 10 % of all cores during the run: numbers may be low
-
-
-def _version(module: str, distribution: str | None = None) -> str | None:
-    """Version of an importable module, or None when it is not installed (optional backends).
-
-    The installed distribution's metadata wins over `module.__version__` where both exist: ffcv 1.0.2 still
-    reports `__version__ = "0.0.3rc1"`.
-    """
-    from fastcifar.loaders.ffcv_loader import keep_torch_threads
-
-    try:
-        with keep_torch_threads():  # importing ffcv sets torch's intra-op threads to 1 for the whole process
-            mod = __import__(module, fromlist=["__version__"])
-    except Exception:  # noqa: BLE001 - a broken optional backend is reported as missing, not a crash
-        return None
-    if distribution:
-        try:
-            return metadata.version(distribution)
-        except metadata.PackageNotFoundError:
-            pass
-    return str(getattr(mod, "__version__", "unknown"))
-
-
-def versions() -> dict:
-    """Versions of fastcifar, python and the libraries that shape the numbers (None = not installed)."""
-    return {
-        "fastcifar": _version("fastcifar"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": _version("torchvision"),
-        "timm": _version("timm"),
-        "numpy": _version("numpy"),
-        "numba": _version("numba"),
-        "ffcv": _version("ffcv", "ffcv"),
-        "dali": _version("nvidia.dali"),
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-    }
-
-
-def cpu_model() -> str:
-    """CPU model string from /proc/cpuinfo (Linux), else platform.processor()."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def device_name(device: torch.device) -> str:
-    """Human name of the device the benchmark ran on: the GPU's name, or 'cpu (<model>)'."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({cpu_model()})"
-
-
-def git_revision() -> dict:
-    """Commit hash of the fastcifar checkout and whether it had uncommitted changes (None outside a checkout)."""
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return {"hash": None, "dirty": None}
-    if head.returncode != 0:
-        return {"hash": None, "dirty": None}
-    return {"hash": head.stdout.strip(), "dirty": bool(dirty.stdout.strip()) if dirty.returncode == 0 else None}
 
 
 def collect(device: torch.device, settings: dict) -> dict:

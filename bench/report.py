@@ -15,8 +15,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from fastcifar.atomic import atomic_path, write_text
 from fastcifar.bench.suites import HIGH_DATA_WAIT, LOADER_BOUND_RATIO, MIN_WINDOW_S
-from fastcifar.engine.atomic import atomic_path, write_text
 
 VIEW_TITLES = {
     "loader": "Loader only: augmented, model-ready batches (loader + GpuAugment.train_batch), no model",

@@ -35,7 +35,13 @@ from typing import Callable, Iterator
 
 import torch
 
-from fastcifar.bench.timing import CpuMeter, IterationClock, summarize, synchronize, throughput
+from fastcifar.bench.timing import (
+    CpuMeter,
+    IterationClock,
+    summarize,
+    synchronize,
+    throughput,
+)
 from fastcifar.config import Config, from_dict
 from fastcifar.errors import FastcifarError
 

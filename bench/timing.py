@@ -22,7 +22,6 @@ from typing import Sequence
 
 import torch
 
-
 # ---------------------------------------------------------------------------- clocks
 
 

@@ -17,10 +17,10 @@ import importlib
 
 import numpy as np
 import torch
-from fastcifar.loaders.base import Loader, remaining_augment
 
 from fastcifar.config import Config
 from fastcifar.errors import FastcifarError
+from fastcifar.loaders.base import Loader, remaining_augment
 
 # name -> module defining build(); the names are the values of `data.loader` and `--loader`.
 LOADERS: dict[str, str] = {

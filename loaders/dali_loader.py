@@ -35,6 +35,9 @@ from typing import Iterator
 
 import numpy as np
 import torch
+
+from fastcifar.config import Config
+from fastcifar.errors import FastcifarError
 from fastcifar.loaders.base import (
     as_device,
     batch_size_for,
@@ -47,9 +50,6 @@ from fastcifar.loaders.base import (
     require_extra,
     worker_count,
 )
-
-from fastcifar.config import Config
-from fastcifar.errors import FastcifarError
 
 LABEL_BYTES = 4  # CIFAR labels have at most 2 digits; fixed so every batch has the same [B, 4] shape
 

@@ -31,6 +31,9 @@ from typing import Iterator
 
 import numpy as np
 import torch
+
+from fastcifar.config import Config
+from fastcifar.errors import FastcifarError
 from fastcifar.loaders.base import (
     as_device,
     batch_size_for,
@@ -44,9 +47,6 @@ from fastcifar.loaders.base import (
     sample_order,
     worker_count,
 )
-
-from fastcifar.config import Config
-from fastcifar.errors import FastcifarError
 
 ORDERS = {"random": "RANDOM", "quasi_random": "QUASI_RANDOM", "sequential": "SEQUENTIAL"}
 

@@ -12,6 +12,8 @@ from typing import Iterator
 
 import numpy as np
 import torch
+
+from fastcifar.config import Config
 from fastcifar.loaders.base import (
     as_device,
     batch_size_for,
@@ -22,8 +24,6 @@ from fastcifar.loaders.base import (
     num_batches,
     sample_order,
 )
-
-from fastcifar.config import Config
 
 
 class GpuLoader:

@@ -14,6 +14,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from fastcifar.config import Config
 from fastcifar.loaders.base import (
     as_device,
     batch_size_for,
@@ -25,9 +28,6 @@ from fastcifar.loaders.base import (
     shard_length,
     worker_count,
 )
-from torch.utils.data import DataLoader, Dataset, Sampler
-
-from fastcifar.config import Config
 
 
 class NpyDataset(Dataset):

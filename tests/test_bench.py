@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from fastcifar.bench import report
 from fastcifar.bench.cli import _plan, add_arguments
 from fastcifar.bench.provenance import LoadWatch, collect
@@ -29,7 +30,6 @@ from fastcifar.bench.suites import (
     verdict,
 )
 from fastcifar.bench.timing import CpuMeter, IterationClock, summarize, throughput
-
 from fastcifar.cli import main
 
 BATCH = 16

@@ -11,7 +11,7 @@ import pytest
 import torch
 from tiny_run import run_tiny
 
-from fastcifar.engine import atomic
+from fastcifar import atomic
 from fastcifar.engine.checkpoint import (
     load_checkpoint,
     rng_state,

@@ -12,13 +12,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from fastcifar.loaders import LOADERS, build_loader, remaining_augment
-from fastcifar.loaders.base import Loader, sample_order
-from fastcifar.loaders.dali_loader import parse_ascii_labels
 from torch.utils.data import DistributedSampler
 
 from fastcifar.config import CHOICES, Config, apply_overrides, from_dict
 from fastcifar.errors import FastcifarError
+from fastcifar.loaders import LOADERS, build_loader, remaining_augment
+from fastcifar.loaders.base import Loader, sample_order
+from fastcifar.loaders.dali_loader import parse_ascii_labels
 
 NAMES = ("gpu", "torch", "ffcv", "dali")
 B = 100  # batch size: 512 train / 256 test do not divide by it, so last partial batches are exercised
@@ -317,8 +317,9 @@ def test_native_augment_mirrors_and_translates_in_the_library(name, hflip, root,
 
 def test_ffcv_native_pipeline_order():
     pytest.importorskip("ffcv", reason="ffcv is an optional extra")
-    from fastcifar.loaders.ffcv_loader import _pipelines
     from ffcv.transforms import RandomHorizontalFlip, RandomTranslate, ToDevice
+
+    from fastcifar.loaders.ffcv_loader import _pipelines
 
     pipelines = _pipelines(torch.device("cpu"), "coarse_label", hflip=0.25, padding=3)
     image = pipelines["image"]

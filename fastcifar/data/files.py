@@ -1,4 +1,4 @@
-"""Small file-system helpers for atomic writes: temp path in the same folder, then rename."""
+"""File-system helpers for building prepared formats: temp folders, atomic folder swaps, checksums."""
 
 from __future__ import annotations
 
@@ -8,22 +8,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-TEMP_PREFIX = ".tmp-"  # every temp file or folder we create starts with this; stale ones are safe to delete
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temp file in the same folder, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(4)}"
-    try:
-        with open(tmp, "xb") as f:  # "x": never reuse a name; permissions follow the umask (mkstemp's are 0600)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+from fastcifar.atomic import TEMP_PREFIX
 
 
 def make_temp_dir(parent: Path, tag: str) -> Path:

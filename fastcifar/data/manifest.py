@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from fastcifar.atomic import write_bytes
 from fastcifar.data.cifar import raw_present
-from fastcifar.data.files import atomic_write_bytes
 from fastcifar.errors import FastcifarError
 from fastcifar.paths import data_root
 
@@ -110,7 +110,7 @@ def read_manifest(base: Path) -> dict | None:
 
 def write_manifest(base: Path, manifest: dict) -> None:
     """Write manifest.json atomically (temp file + rename)."""
-    atomic_write_bytes(base / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+    write_bytes(base / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
 
 
 def prepare_command(dataset: str, root: Path, keys: Iterable[str]) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastcifar.engine import atomic
+from fastcifar import atomic
 from fastcifar.errors import FastcifarError
 
 LAST = "last.pt"

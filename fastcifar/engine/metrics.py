@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from fastcifar.engine import atomic
+from fastcifar import atomic
 
 JSONL = "metrics.jsonl"
 CSV = "metrics.csv"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from fastcifar.engine import atomic
+from fastcifar import atomic
 
 
 def _pyplot():

@@ -10,11 +10,10 @@ import statistics
 import time
 from typing import TYPE_CHECKING
 
-import torch
-
 from fastcifar.engine.metrics import write_confusion
 from fastcifar.engine.plots import plot_confusion, plot_curves
-from fastcifar.engine.run_dir import cpu_name, environment, write_json
+from fastcifar.engine.run_dir import environment, write_json
+from fastcifar.provenance import device_name
 
 if TYPE_CHECKING:
     from fastcifar.engine.trainer import Trainer
@@ -68,7 +67,7 @@ def static_summary(t: "Trainer") -> dict:
         "synthetic": t.data.synthetic,
         "loader": cfg.data.loader,
         "device": str(t.device),
-        "device_name": torch.cuda.get_device_name(t.device) if t.device.type == "cuda" else cpu_name(),
+        "device_name": device_name(t.device),
         "world_size": t.dist.world_size,
         "select_metric": t.selector.metric,
         "epochs": cfg.train.epochs,

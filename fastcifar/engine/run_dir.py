@@ -6,19 +6,14 @@ import json
 import os
 import platform
 import socket
-import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 import torch
 
+from fastcifar import atomic, provenance
 from fastcifar.config import Config, dump_config
-from fastcifar.engine import atomic
-
-# Distribution names whose versions are recorded when installed (None = not installed).
-PACKAGES = {"torch": "torch", "torchvision": "torchvision", "timm": "timm", "numpy": "numpy", "ffcv": "ffcv", "dali": "nvidia-dali-cuda130"}
 
 
 def make_run_dir(cfg: Config, now: float | None = None) -> Path:
@@ -46,56 +41,20 @@ def _safe(name: str) -> str:
 
 
 def environment(device: torch.device) -> dict:
-    """Versions, device, host and command line: what a reader needs to trust or reproduce a number."""
-    versions = {}
-    for key, dist in PACKAGES.items():
-        try:
-            versions[key] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[key] = None
-    try:
-        fastcifar_version = metadata.version("fastcifar")
-    except metadata.PackageNotFoundError:
-        fastcifar_version = None
+    """env.json: versions, device, CPU, host, git revision and the command line of this run."""
     return {
-        "python": platform.python_version(),
-        "versions": versions,
-        "fastcifar": fastcifar_version,
-        "torch_cuda": torch.version.cuda,
+        "versions": provenance.versions(),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "device_name": provenance.device_name(device),
         "cuda_devices": torch.cuda.device_count() if torch.cuda.is_available() else 0,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
-        "git": git_info(Path(__file__).resolve().parent),
+        "git": provenance.git_revision(),
         "command": sys.argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-
-def cpu_name() -> str:
-    """The CPU model ("AMD EPYC ...") from /proc/cpuinfo on Linux, else what `platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_info(folder: Path) -> dict | None:
-    """`{"commit", "dirty"}` of the git checkout holding `folder`, or None outside a repository / without git."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10)
-        if commit.returncode != 0:
-            return None
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
 def write_json(path: Path, data: dict) -> None:

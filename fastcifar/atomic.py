@@ -6,13 +6,15 @@ A reader (or a run resumed after `kill -9`) sees either the old file or the new 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import torch
+
+TEMP_PREFIX = ".tmp-"  # every temp file or folder fastcifar creates starts with this; stale ones are safe to delete
 
 
 @contextmanager
@@ -23,23 +25,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
+    # a fresh name per write (concurrent writers never share one); created by the caller, so permissions
+    # follow the umask (mkstemp would make result files 0600)
+    tmp = path.parent / f"{TEMP_PREFIX}{path.stem}.{secrets.token_hex(4)}{path.suffix}"
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically, fsynced so a crash right after keeps the content."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` (UTF-8) to `path` atomically, fsynced so a crash right after keeps the content."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+    write_bytes(path, text.encode("utf-8"))
 
 
 def torch_save(obj: object, path: str | os.PathLike) -> None:
