@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job, end to end: install, make data, prepare every format, train, benchmark.
+# The main job, end to end: install, make data, prepare every format, train, then a short loader benchmark.
 # With no GPU and no internet (this project's CI machines) it runs on a small SYNTHETIC stand-in for
 # CIFAR-100 in the official pickle layout, clearly labelled as such, and finishes in a few minutes.
 # On a GPU machine with the real data:  fastcifar data download cifar100 && fastcifar data prepare cifar100
@@ -15,3 +15,5 @@ fastcifar data prepare cifar100
 fastcifar data info
 fastcifar train synthetic_demo
 fastcifar results runs
+# what bounds a run on this machine: device-side augment (gpu) vs the per-sample DataLoader baseline (torch)
+fastcifar bench --views loader --loaders gpu,torch --image-sizes 32,224 --root "$FASTCIFAR_ROOT" --out runs/bench
