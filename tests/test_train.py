@@ -131,6 +131,23 @@ def test_mixup_soft_targets_reach_the_criterion(root, tmp_path, monkeypatch, bas
     assert 0.0 <= records[0]["train_acc"] <= 1.0  # accuracy against the argmax of the soft targets
 
 
+def test_multi_scale_training_draws_each_batch_side_from_scales(root, tmp_path, monkeypatch):
+    from fastcifar.augment import GpuAugment
+
+    sides = []
+    real = GpuAugment.train_batch
+
+    def recording(self, images, labels, size=None):
+        x, targets = real(self, images, labels, size)
+        sides.append(x.shape[-1])
+        return x, targets
+
+    monkeypatch.setattr(GpuAugment, "train_batch", recording)
+    run, records, summary = run_tiny(root, tmp_path, augment={"image_size": 32, "scales": [24, 40]}, train={"epochs": 2})
+    assert len(sides) == 2 * (512 // 64) and set(sides) == {24, 40}  # both sides drawn, nothing else
+    assert records[-1]["test_acc"] > 0.3  # evaluated at image_size 32 after multi-scale training
+
+
 # ---------------------------------------------------------------------------- EMA
 
 
