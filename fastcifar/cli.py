@@ -20,6 +20,9 @@ from fastcifar.errors import FastcifarError
 # Transparent huge pages for torch's CPU allocator: a fresh 224 px float batch otherwise spends most of its
 # time in page faults (~3x slower augment on CPU, measured). Read lazily by torch, so setting it here suffices.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+# Piped output (CI logs, `| tee`): rich would assume 80 columns and fold every table; logs are read wide.
+if not sys.stdout.isatty():
+    os.environ.setdefault("COLUMNS", "160")
 
 console = Console()
 DATASETS = ("cifar10", "cifar100")
@@ -88,6 +91,7 @@ def _root(args: argparse.Namespace):
 
 def cmd_configs(args: argparse.Namespace) -> None:
     from fastcifar.config import load_config, packaged_configs
+    from fastcifar.engine.results import first_sentence
 
     table = Table(title="packaged configs (fastcifar train NAME)")
     table.add_column("name", no_wrap=True)
@@ -96,8 +100,7 @@ def cmd_configs(args: argparse.Namespace) -> None:
     table.add_column("description (first sentence)", ratio=1)
     for name in sorted(packaged_configs()):
         cfg = load_config(name)
-        summary = cfg.description.split(". ")[0].split(" (")[0]
-        table.add_row(name, cfg.data.dataset, cfg.model.name, str(cfg.augment.image_size), str(cfg.train.epochs), summary)
+        table.add_row(name, cfg.data.dataset, cfg.model.name, str(cfg.augment.image_size), str(cfg.train.epochs), first_sentence(cfg.description))
     console.print(table)
 
 

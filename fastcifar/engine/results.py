@@ -100,7 +100,7 @@ def print_results(dirs: list[str | os.PathLike], console: Console | None = None)
     for r in rows:
         label = r["name"] or r["run"]
         if r["description"]:
-            label += f"\n[dim]{r['description']}[/]"
+            label += f"\n[dim]{first_sentence(r['description'])}[/]"
         data = f"{r['dataset'] or '-'}" + ("\n[bold yellow]SYNTHETIC[/]" if r["synthetic"] else "")
         table.add_row(
             label,
@@ -123,3 +123,8 @@ def _duration(seconds: float | None) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def first_sentence(text: str) -> str:
+    """The headline of a config description: up to the first '. ' or ' (' (tables stay one line per run)."""
+    return text.split(". ")[0].split(" (")[0].rstrip(".")
