@@ -229,7 +229,7 @@ def _uniform(shape, lo: float, hi: float, device: torch.device) -> Tensor:
 
 def _beta(alpha: float, device: torch.device) -> Tensor:
     a = torch.full((), float(alpha), device=device)
-    return torch.distributions.Beta(a, a).sample()
+    return torch.distributions.Beta(a, a, validate_args=False).sample()  # validation would sync with the host
 
 
 def _or(value: Tensor | None, default: Tensor) -> Tensor:

@@ -7,6 +7,7 @@ work without the optional backends.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -108,8 +109,8 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
     overrides = list(args.set or [])
     for flag, key in (("loader", "data.loader"), ("root", "data.root"), ("epochs", "train.epochs"), ("device", "train.device")):
         value = getattr(args, flag)
-        if value is not None:
-            overrides.append(f"{key}={value}")
+        if value is not None:  # JSON is YAML: a path with '#' or ': ' stays one string
+            overrides.append(f"{key}={json.dumps(value)}")
     if args.no_compile:
         overrides.append("train.compile=false")
     return overrides

@@ -138,7 +138,7 @@ def test_scheduler_state_dict_round_trips():
 
 def test_ema_one_update_is_the_lerp_of_params_and_buffers():
     model = _small()
-    ema = ModelEma(model, decay=0.9)
+    ema = ModelEma(model, decay=0.9, warmup=False)
     assert not ema.module.training and not any(p.requires_grad for p in ema.module.parameters())
     old = {k: v.clone() for k, v in ema.state_dict().items()}
     with torch.no_grad():
@@ -158,7 +158,7 @@ def test_ema_one_update_is_the_lerp_of_params_and_buffers():
 def test_ema_tracks_a_compiled_and_wrapped_model():
     model = _small()
     compiled = torch.compile(model)  # an OptimizedModule with `_orig_mod`; never called, so nothing compiles
-    ema = ModelEma(compiled, decay=0.5)
+    ema = ModelEma(compiled, decay=0.5, warmup=False)
     assert "_orig_mod.0.weight" not in ema.state_dict() and "0.weight" in ema.state_dict()
     start = model[0].weight.detach().clone()
     with torch.no_grad():
@@ -172,3 +172,24 @@ def test_ema_tracks_a_compiled_and_wrapped_model():
     torch.testing.assert_close(fresh.module[0].weight, ema.module[0].weight)
     with pytest.raises(ValueError):
         ModelEma(model, decay=1.0)
+
+
+def test_ema_warmup_forgets_the_initial_weights_early():
+    """Step n decays with min(decay, (1 + n) / (10 + n)): 0.1 on the first update, so after a few steps of a
+    constant model the average is mostly the model, where a fixed 0.9998 would still be ~all initial weights."""
+    model = _small()
+    ema = ModelEma(model, decay=0.9998)
+    start = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+    ema.update(model)
+    torch.testing.assert_close(ema.module[0].weight, 0.1 * start + 0.9)
+    kept = 0.1
+    for n in range(1, 50):
+        ema.update(model)
+        kept *= (1 + n) / (10 + n)
+    torch.testing.assert_close(ema.module[0].weight, kept * start + (1 - kept))
+    assert kept < 1e-6 and ema.updates == 50
+    restored = ModelEma(_small(), decay=0.9998)
+    restored.load_state_dict(ema.state_dict(), updates=ema.updates)
+    assert restored.updates == 50

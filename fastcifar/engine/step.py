@@ -120,12 +120,13 @@ def eval_pass(
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     for images, labels in loader:
         x = prepare(images)  # [B, 3, S, S] float, channels_last
+        if tta:  # image and mirror in ONE forward: a second call of a CUDA-graphed model would overwrite the first output
+            x = torch.cat([x, torch.flip(x, dims=[3])])  # [2B, 3, S, S], the mirror flipped along W
         with autocast:
-            logits = model(x)  # [B, C]
-            mirrored = model(torch.flip(x, dims=[3])) if tta else None  # the mirror image, flipped along W
-        log_probs = F.log_softmax(logits.float(), dim=1)  # [B, C] float32
-        if mirrored is not None:
-            pair = torch.stack([log_probs, F.log_softmax(mirrored.float(), dim=1)])  # [2, B, C]
+            logits = model(x)  # [B, C], or [2B, C] with TTA
+        log_probs = F.log_softmax(logits.float(), dim=1)  # float32
+        if tta:
+            pair = log_probs.view(2, -1, log_probs.shape[1])  # [2, B, C]
             log_probs = torch.logsumexp(pair, dim=0) - math.log(2.0)  # log of the mean of the two softmaxes
         loss_sum += F.nll_loss(log_probs, labels, reduction="sum").double()
         top = log_probs.topk(k, dim=1).indices  # [B, k]

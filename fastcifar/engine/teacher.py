@@ -76,5 +76,7 @@ def teacher_logits(teacher: nn.Module, x: Tensor, image_size: int) -> Tensor:
     """
     with torch.no_grad():
         if x.shape[-1] != image_size or x.shape[-2] != image_size:
-            x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=image_size < x.shape[-1])
+            # float32: CPU has no bf16/fp16 antialiased bilinear kernel, and the resize is cheap next to the teacher
+            x = F.interpolate(x.float(), size=(image_size, image_size), mode="bilinear", align_corners=False,
+                              antialias=image_size < x.shape[-1]).to(x.dtype)
         return teacher(x)

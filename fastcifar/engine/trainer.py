@@ -6,6 +6,7 @@ Reading order: `train` -> `Trainer.__init__` (data, model, optimization, trackin
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -115,7 +116,7 @@ class Trainer:
         self.autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
         self.data = data_info(cfg)
         self._build_data()
-        self._build_model()
+        self._build_model(weights_follow=checkpoint is not None or bool(cfg.train.init_from))
         self._build_optimization()
         self._build_tracking()
         seed_everything(cfg.train.seed + dist.rank)  # weights are built alike; from here each rank draws its own augmentation
@@ -143,9 +144,12 @@ class Trainer:
         self.augment = GpuAugment(aug, d.mean, d.std, d.num_classes, per_image_ops=not self.train_loader.per_image_ops_done, out_dtype=out_dtype)
         self.eval_augment = GpuAugment(cfg.augment, d.mean, d.std, d.num_classes, out_dtype=out_dtype)  # eval_batch: resize + normalize only
 
-    def _build_model(self) -> None:
+    def _build_model(self, weights_follow: bool) -> None:
+        """weights_follow: a checkpoint (resume / init_from) overwrites every weight, so hub or file weights
+        are not fetched first (a resume must work offline and after the weights file has moved)."""
         cfg, device = self.cfg, self.device
-        model = build_model(cfg.model, self.data.num_classes)
+        model_cfg = dataclasses.replace(cfg.model, pretrained=False) if weights_follow else cfg.model
+        model = build_model(model_cfg, self.data.num_classes)
         if cfg.train.init_from:  # weights only; optimizer, schedule and epoch start fresh
             load_weights(model, eval_weights(load_checkpoint(cfg.train.init_from)), cfg.train.init_from)
         memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
@@ -188,7 +192,7 @@ class Trainer:
     def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
+            self.ema.load_state_dict(state["ema"], updates=state.get("ema_updates"))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -307,9 +311,13 @@ class Trainer:
         return loss, hits
 
     def _draw_size(self) -> int | None:
-        """Multi-scale training: this batch's side from augment.scales (CPU RNG, so resume replays it)."""
+        """Multi-scale training: this batch's side from augment.scales, drawn from (seed, step) so every DDP
+        rank picks the same side (no rank waits on a bigger one at the all-reduce) and a resume replays it."""
         scales = self.cfg.augment.scales
-        return scales[int(torch.randint(len(scales), ()))] if scales else None
+        if not scales:
+            return None
+        draw = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + self.step)
+        return scales[int(torch.randint(len(scales), (), generator=draw))]
 
     def _evaluate(self, model: torch.nn.Module, splits: tuple[str, ...] | None = None) -> dict:
         """`{split}_loss/_acc/_top5` for each eval split (all-reduced over ranks), plus eval_s; confusion kept."""
@@ -337,6 +345,7 @@ class Trainer:
         state = {
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "ema_updates": self.ema.updates if self.ema is not None else 0,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
