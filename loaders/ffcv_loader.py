@@ -2,7 +2,7 @@
 
 Per batch, on `data.workers` JIT threads (0 = all cores): SimpleRGBImageDecoder (raw 32x32x3 bytes) ->
 [native_augment: RandomHorizontalFlip(hflip), RandomTranslate(crop_padding)] -> ToTensor -> ToTorchImage
-(channels_last view) -> ToDevice(non_blocking); labels: IntDecoder -> ToTensor -> Squeeze(1) -> ToDevice.
+(channels_last view) -> ToDevice (blocking, in ffcv's thread); labels: IntDecoder -> ToTensor -> Squeeze(1) -> ToDevice.
 The first epoch pays numba's compilation (~7-14 s on 2 cores); later epochs do not.
 
 Order:
@@ -76,8 +76,10 @@ class FfcvLoader:
         self.loader.next_epoch = self.epoch  # ffcv seeds the epoch's order from seed + next_epoch
         with keep_torch_threads():
             batches = iter(self.loader)  # starts ffcv's epoch thread
-        for images, labels in batches:
-            yield images, labels
+        try:
+            yield from batches
+        finally:  # a consumer that stops early (bench, early stop) must not leak ffcv's epoch thread and buffers
+            batches.close()
 
 
 @contextmanager
@@ -108,8 +110,10 @@ def _pipelines(device: torch.device, label_field: str, hflip: float, padding: in
         image.append(RandomHorizontalFlip(flip_prob=hflip))
     if padding > 0:
         image.append(RandomTranslate(padding=padding))
-    image += [ToTensor(), ToTorchImage(channels_last=True), ToDevice(device, non_blocking=True)]
-    label = [IntDecoder(), ToTensor(), Squeeze(1), ToDevice(device, non_blocking=True)]  # [B, 1] -> [B] int64
+    image += [ToTensor(), ToTorchImage(channels_last=True), ToDevice(device, non_blocking=False)]
+    # Blocking copies: ffcv reuses its pinned host buffers and does not make the host wait for a pending copy
+    # before refilling one; the wait happens in ffcv's epoch thread, not in the training loop.
+    label = [IntDecoder(), ToTensor(), Squeeze(1), ToDevice(device, non_blocking=False)]  # [B, 1] -> [B] int64
     other = "coarse_label" if label_field == "label" else "label"
     return {"image": image, label_field: label, other: None}
 

@@ -37,13 +37,15 @@ class NpyDataset(Dataset):
         images_path: npy of uint8 [N, 32, 32, 3] NHWC.
         labels_path: npy of int64 [N].
         transform: callable on uint8 [3, 32, 32] returning uint8 [3, S, S] (fastcifar.cpu_transforms).
+        seed: base seed of the per-sample augmentation draws.
 
     Items:
-        (image uint8 [3, S, S], label int).
+        keyed by (epoch, index): (image uint8 [3, S, S], label int).
     """
 
-    def __init__(self, images_path: str | Path, labels_path: str | Path, transform: Callable[[torch.Tensor], torch.Tensor]):
-        self.images_path = str(images_path)
+    def __init__(self, images_path: str | Path, labels_path: str | Path, transform: Callable[[torch.Tensor], torch.Tensor],
+                 seed: int = 0):
+        self.images_path, self.seed = str(images_path), seed
         self.labels = np.load(labels_path)  # [N] int64, 8 bytes per image: cheap to hold in every worker
         self.transform = transform
         self._images: np.ndarray | None = None  # memmap, opened in the process that reads it
@@ -51,11 +53,16 @@ class NpyDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        epoch, i = key  # from ShardSampler: the augmentation draw depends on (seed, epoch, index) alone
         if self._images is None:
             self._images = np.load(self.images_path, mmap_mode="r")  # [N, 32, 32, 3] uint8, page cache backed
         image = torch.from_numpy(np.array(self._images[i])).permute(2, 0, 1)  # [3, 32, 32] uint8 view of HWC
-        return self.transform(image), int(self.labels[i])
+        # Seeding per sample makes the draws independent of worker count, worker lifetime (persistent workers
+        # keep their RNG across epochs, a resumed run would not) and of the main process's RNG (workers=0).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_003 + i) % 2**63)
+            return self.transform(image), int(self.labels[i])
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -63,8 +70,8 @@ class NpyDataset(Dataset):
         return state
 
 
-class ShardSampler(Sampler[int]):
-    """Yields this rank's sample indices for one epoch, by the contract's rules (base.sample_order).
+class ShardSampler(Sampler[tuple[int, int]]):
+    """Yields (epoch, index) for this rank's samples of one epoch, by the contract's rules (base.sample_order).
 
     Args:
         n: samples in the split.
@@ -85,12 +92,12 @@ class ShardSampler(Sampler[int]):
     def __len__(self) -> int:
         return shard_length(self.n, rank=self.rank, world_size=self.world_size, train=self.train, drop_last=self.drop_last)
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         order = sample_order(self.n, seed=self.seed, epoch=self.epoch, rank=self.rank, world_size=self.world_size,
                              train=self.train, drop_last=self.drop_last).numpy()
         if self.indices is not None:
             order = self.indices[order]
-        return iter(order.tolist())
+        return iter([(self.epoch, i) for i in order.tolist()])
 
 
 def collate_nhwc(samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,7 +143,7 @@ def build(cfg: Config, split: str, *, train: bool, device: torch.device | str, r
     from fastcifar.cpu_transforms import cpu_transform
 
     images_path, labels_path = npy_paths(cfg, split)
-    dataset = NpyDataset(images_path, labels_path, cpu_transform(cfg.augment, train))
+    dataset = NpyDataset(images_path, labels_path, cpu_transform(cfg.augment, train), seed=cfg.train.seed)
     indices = check_indices(indices, len(dataset))
     drop_last = drop_last_for(cfg, train)
     sampler = ShardSampler(len(dataset), seed=cfg.train.seed, rank=rank, world_size=world_size, train=train,
@@ -153,7 +160,7 @@ def build(cfg: Config, split: str, *, train: bool, device: torch.device | str, r
         drop_last=drop_last,
         persistent_workers=workers > 0,  # keep workers (and their memmaps) alive across epochs
         prefetch_factor=cfg.data.prefetch if workers > 0 else None,
-        # Worker RNG (augmentation) seeded from (seed, rank), not from the global RNG's state.
+        # Augmentation is seeded per sample (NpyDataset); this only keeps worker seeds off the global RNG.
         generator=torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + rank),
     )
     return TorchLoader(dataloader, sampler, device)

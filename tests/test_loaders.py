@@ -455,3 +455,24 @@ def test_cuda_native_augment_in_dali(root, train_src):
     table = shifted_versions(train_src.images[:, :, ::-1], pad=2)
     images, _ = epoch(build_loader(cfg, "train", train=True, device="cuda:0"), device="cuda:0")
     assert all(x.tobytes() in table for x in np.concatenate(images))
+
+
+def test_torch_augmentation_depends_on_seed_epoch_index_only(root):
+    """The baseline's per-sample draws replay exactly on resume: epoch 1 of a loader that ran epoch 0 with
+    persistent workers equals epoch 1 of a fresh loader, and equals the same epoch loaded in-process."""
+    def augmented(workers: int, epochs: list[int]) -> list[np.ndarray]:
+        cfg = make_cfg(root, "torch", workers=workers)
+        cfg.augment.crop_padding, cfg.augment.hflip = 4, 0.5
+        loader = build_loader(cfg, "train", train=True, device="cpu")
+        out = []
+        for e in epochs:
+            loader.set_epoch(e)
+            out = [x.numpy() for x, _ in loader]
+        return out
+
+    continued = augmented(workers=2, epochs=[0, 1])
+    resumed = augmented(workers=2, epochs=[1])
+    in_process = augmented(workers=0, epochs=[1])
+    assert all(np.array_equal(a, b) for a, b in zip(continued, resumed))
+    assert all(np.array_equal(a, b) for a, b in zip(continued, in_process))
+    assert not all(np.array_equal(a, b) for a, b in zip(continued, augmented(workers=0, epochs=[0])))
