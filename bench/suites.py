@@ -193,7 +193,10 @@ class TrainStep:
         self.model = build_model(cfg.model, num_classes).to(device=device, memory_format=memory_format)
         self.model.train()
         if cfg.train.compile:  # in place, as the trainer does; compilation itself happens in the first step
-            self.model.compile(mode=cfg.train.compile_mode)
+            # A fresh dynamo state per cell: otherwise the next image size reuses the cache, recompiles with
+            # dynamic shapes (not the static graph a training run gets) and hides compile time from warm-up.
+            torch._dynamo.reset()
+            self.model.compile(mode=cfg.train.compile_mode, dynamic=False)
         self.optimizer = build_optimizer(self.model, cfg.optim, device)
         self.objective = make_objective(build_criterion(cfg))
         dtype = AMP_DTYPES[cfg.train.amp]

@@ -232,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     except FastcifarError as error:
         console.print(f"[bold red]error:[/] {error}", highlight=False)
         return 2
+    except OSError as error:  # unwritable --root, full disk, missing folder: the file system's own words
+        where = f" '{error.filename}'" if error.filename else ""
+        console.print(f"[bold red]error:[/] {error.strerror or error}{where}; choose a writable --root or free some space.", highlight=False)
+        return 2
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         return 130

@@ -105,7 +105,7 @@ class ScheduleConfig:
 @dataclass
 class EarlyStopConfig:
     metric: str = "val_acc"  # any key of an epoch record: val_acc, val_loss, test_acc, ...
-    mode: str = "max"  # max | min
+    mode: str = "auto"  # auto (min for *_loss metrics, else max) | max | min
     patience: int = 0  # epochs without improvement before stopping; 0 = off
     min_delta: float = 0.0  # smallest change that counts as an improvement
 
@@ -160,7 +160,7 @@ CHOICES = {
     "model.head": ("linear", "arcface", "cosface"),
     "optim.name": ("sgd", "adam", "adamw"),
     "schedule.name": ("cosine", "onecycle", "multistep", "constant"),
-    "early_stop.mode": ("max", "min"),
+    "early_stop.mode": ("auto", "max", "min"),
     "train.amp": ("bf16", "fp16", "none"),
     "train.compile_mode": ("default", "reduce-overhead", "max-autotune"),
 }
@@ -229,12 +229,61 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+# dotted key -> (lowest, highest, whether the bounds themselves are allowed); None = unbounded on that side.
+# Checked once here, so a bad value fails before any data is read, not as a NaN or a traceback mid-run.
+RANGES = {
+    "data.batch_size": (1, None, True),
+    "data.eval_batch_size": (1, None, True),
+    "data.workers": (0, None, True),
+    "data.prefetch": (1, None, True),
+    "data.val_split": (0, None, True),
+    "model.embedding_dim": (1, None, True),
+    "model.margin_s": (0.0, None, False),
+    "model.drop_rate": (0.0, 1.0, True),
+    "optim.lr": (0.0, None, False),
+    "optim.weight_decay": (0.0, None, True),
+    "optim.momentum": (0.0, 1.0, True),
+    "optim.grad_clip": (0.0, None, True),
+    "schedule.warmup_epochs": (0.0, None, True),
+    "schedule.min_lr_ratio": (0.0, 1.0, True),
+    "schedule.gamma": (0.0, None, False),
+    "schedule.pct_start": (0.0, 1.0, True),
+    "train.epochs": (1, None, True),
+    "train.seed": (0, 2**32 - 1, True),
+    "train.label_smoothing": (0.0, 1.0, True),
+    "train.ema_decay": (0.0, 0.999999, True),
+    "train.eval_every": (1, None, True),
+    "early_stop.patience": (0, None, True),
+    "early_stop.min_delta": (0.0, None, True),
+    "distill.teacher_image_size": (1, None, True),
+    "distill.temperature": (0.0, None, False),
+    "distill.alpha": (0.0, 1.0, True),
+}
+
+
+def _check_ranges(config: Config) -> None:
+    for dotted, (low, high, inclusive) in RANGES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(config, section), key)
+        too_low = low is not None and (value < low if inclusive else value <= low)
+        too_high = high is not None and (value > high if inclusive else value >= high)
+        if too_low or too_high:
+            low_text = "" if low is None else (f">= {low}" if inclusive else f"> {low}")
+            high_text = "" if high is None else (f"<= {high}" if inclusive else f"< {high}")
+            bounds = " and ".join(t for t in (low_text, high_text) if t)
+            raise FastcifarError(f"{dotted} must be {bounds}, got {value}; fix it in the YAML or with --set {dotted}=...")
+    for side in [*config.augment.scales, config.augment.image_size]:
+        if side < 1:
+            raise FastcifarError(f"augment.image_size and augment.scales must be positive sides in px, got {side}.")
+
+
 def from_dict(data: dict) -> Config:
     """Validate a plain mapping (as parsed from YAML) into a Config."""
     config = _build(Config, data or {}, "")
     for dotted in CHOICES:  # defaults were not checked by _build
         section, key = dotted.split(".")
         _check_value(dotted, getattr(getattr(config, section), key), str)
+    _check_ranges(config)
     return config
 
 

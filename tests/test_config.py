@@ -39,6 +39,12 @@ def test_docsaid_arcface_224_matches_the_seed_experiment():
         ("data.loader=dalli", "did you mean 'dali'"),
         ("optim.betas=0.9", "must be a list"),
         ("epochs", "has no '='"),
+        ("train.eval_every=0", r"train.eval_every must be >= 1"),
+        ("train.ema_decay=1.0", r"train.ema_decay must be >= 0.0 and <= 0.999999"),
+        ("distill.temperature=0", r"distill.temperature must be > 0.0"),
+        ("train.label_smoothing=1.5", r"train.label_smoothing must be >= 0.0 and <= 1.0"),
+        ("data.prefetch=0", r"data.prefetch must be >= 1"),
+        ("augment.scales=[64, 0]", "positive sides"),
     ],
 )
 def test_bad_overrides_name_the_fix(override, message):

@@ -188,6 +188,7 @@ def test_early_stopper_on_a_crafted_sequence():
     restored = EarlyStopper("val_loss", "min", patience=1)
     restored.load_state_dict(low.state_dict())
     assert restored.state_dict() == low.state_dict()
+    assert EarlyStopper("val_loss", "auto").mode == "min" and EarlyStopper("test_acc", "auto").mode == "max"
     off = EarlyStopper("val_acc", "max", patience=0)
     assert not any(off.update({"epoch": e, "val_acc": 0.5}) for e in range(10))
     assert not off.update({"epoch": 10})  # no evaluation that epoch: nothing changes

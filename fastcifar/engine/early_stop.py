@@ -12,14 +12,16 @@ class EarlyStopper:
 
     Args:
         metric: record key to watch (e.g. "val_acc").
-        mode: "max" (higher is better) or "min".
+        mode: "max" (higher is better), "min", or "auto" (min for metrics ending in "_loss", else max).
         patience: evaluations without improvement before `should_stop` turns true; 0 = never stop.
         min_delta: an improvement must beat the best by more than this (same unit as the metric).
     """
 
-    def __init__(self, metric: str, mode: str = "max", patience: int = 0, min_delta: float = 0.0):
+    def __init__(self, metric: str, mode: str = "auto", patience: int = 0, min_delta: float = 0.0):
+        if mode == "auto":
+            mode = "min" if metric.endswith("_loss") else "max"
         if mode not in ("max", "min"):
-            raise FastcifarError(f"early_stop.mode must be max or min, got {mode!r}.")
+            raise FastcifarError(f"early_stop.mode must be auto, max or min, got {mode!r}.")
         if patience < 0 or min_delta < 0:
             raise FastcifarError(f"early_stop.patience and min_delta must be >= 0, got {patience} and {min_delta}.")
         self.metric, self.mode, self.patience, self.min_delta = metric, mode, patience, min_delta
