@@ -37,6 +37,7 @@ from fastcifar.bench.suites import (
     settings_dict,
 )
 from fastcifar.bench.timing import usable_cores
+from fastcifar.engine.distributed import resolve_device
 from fastcifar.errors import FastcifarError
 from fastcifar.loaders.ffcv_loader import keep_torch_threads
 
@@ -120,21 +121,6 @@ def _names(text: str, valid: tuple[str, ...], what: str) -> list[str]:
     if not names:
         raise FastcifarError(f"{what} list is empty; choose from {','.join(valid)}.")
     return list(dict.fromkeys(names))
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto -> cuda when available, else cpu; an explicit cuda on a machine without one is a user error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise FastcifarError(f"Unknown --device '{name}'; use auto, cpu, cuda or cuda:N.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FastcifarError("--device cuda was given but torch sees no CUDA device; use --device cpu or auto.")
-    if device.type not in ("cpu", "cuda"):
-        raise FastcifarError(f"--device {name} is not supported; use auto, cpu, cuda or cuda:N.")
-    return device
 
 
 def _backend_missing(variant: str) -> str | None:
@@ -282,7 +268,7 @@ def _measure(cells: list, base: BenchSettings, info, skipped: list, failed: list
 
 def run_bench(args: argparse.Namespace) -> dict:
     """Run the benchmark the parsed `args` describe; print the tables, write the requested files, return the result."""
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, option="--device")
     if args.iters is None:
         args.iters = DEFAULT_ITERS[device.type]
     views = _names(args.views, VIEWS, "view")

@@ -122,7 +122,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.resume:
         from fastcifar.engine.trainer import train
 
-        train(None, resume=args.resume)
+        if args.config or args.dump_config:
+            raise FastcifarError("--resume continues the run's saved config: drop the config name (and --dump-config); see the run's config.yaml.")
+        train(None, resume=args.resume, overrides=_train_overrides(args))  # only where it runs may change
         return
     if not args.config:
         raise FastcifarError("Give a config name or YAML path (see `fastcifar configs`), or --resume RUN_DIR.")

@@ -26,6 +26,7 @@ class _Server:
         self.files: dict[str, bytes] = {}
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
         self.ignore_range = False
+        self.cut_after: int | None = None  # send only this many body bytes, then close (a dropped connection)
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -47,7 +48,7 @@ class _Server:
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 self.send_header("Content-Length", str(len(body) - start))
                 self.end_headers()
-                self.wfile.write(body[start:])
+                self.wfile.write(body[start:] if server.cut_after is None else body[start:start + server.cut_after])
 
             def log_message(self, *args):  # keep test output clean
                 pass
@@ -99,6 +100,18 @@ def test_download_extracts_checks_and_skips(tmp_path, monkeypatch, server, archi
     assert server.requests == [("/cifar-10-python.tar.gz", None)]
     assert download("cifar10", tmp_path, progress=False) == folder  # present and valid: no request
     assert len(server.requests) == 1
+
+
+def test_connection_closed_early_keeps_the_part_and_resumes(tmp_path, monkeypatch, server, archive_bytes):
+    _serve(monkeypatch, server, archive_bytes)
+    server.cut_after = 1000
+    with pytest.raises(FastcifarError, match="stopped at 1000 of .* run the same command again to resume"):
+        download("cifar10", tmp_path, progress=False)
+    assert (tmp_path / "cifar-10-python.tar.gz.part").stat().st_size == 1000
+    server.cut_after = None
+    download("cifar10", tmp_path, progress=False)
+    assert server.requests[-1] == ("/cifar-10-python.tar.gz", "bytes=1000-")
+    assert len(read_split("cifar10", tmp_path, "train")) == 60
 
 
 def test_resume_from_part_file(tmp_path, monkeypatch, server, archive_bytes):

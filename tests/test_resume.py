@@ -138,3 +138,16 @@ def test_resume_refuses_a_different_config_and_a_missing_checkpoint(reference, t
         train(tiny_config(root, tmp_path, train={"epochs": 9}), resume=str(ref_run), progress=False)
     with pytest.raises(FastcifarError, match="No checkpoint at"):
         train(None, resume=str(tmp_path), progress=False)
+
+
+def test_resume_may_change_where_a_run_runs_but_not_what_it_computes(reference):
+    from fastcifar.engine.trainer import _resume_target
+    from fastcifar.errors import FastcifarError
+
+    _, run = reference
+    run_dir, cfg, _ = _resume_target(str(run), None, ["train.device=cpu", "data.workers=0"])
+    assert run_dir == run and cfg.train.device == "cpu" and cfg.data.workers == 0
+    with pytest.raises(FastcifarError, match="only train.device, data.root, data.workers, data.prefetch may change"):
+        _resume_target(str(run), None, ["optim.lr=0.1"])
+    with pytest.raises(FastcifarError, match="not 'best.pt'"):
+        _resume_target(str(run / "best.pt"), None, [])

@@ -8,6 +8,7 @@ is left alone; a synthetic stand-in is replaced by the real data.
 
 from __future__ import annotations
 
+import http.client
 import os
 import socket
 import tarfile
@@ -115,9 +116,13 @@ def _fetch(archive: Archive, part: Path, root: Path, dataset: str, progress: boo
                 while block := response.read(CHUNK):
                     f.write(block)
                     bar.advance(len(block))
-        except (TimeoutError, socket.timeout, ConnectionError, urllib.error.URLError) as exc:
+                received = f.tell()
+        except (TimeoutError, socket.timeout, ConnectionError, urllib.error.URLError, http.client.HTTPException) as exc:
             raise FastcifarError(f"The download of {archive.url} broke off ({_reason(exc)}); run the same command "
                                  f"again to resume from '{part}'.") from None
+        if total is not None and received < total:  # the server closed early without an error: keep the part
+            raise FastcifarError(f"The download of {archive.url} stopped at {received} of {total} bytes; run the same "
+                                 f"command again to resume from '{part}'.")
 
 
 def _reason(exc: BaseException) -> str:

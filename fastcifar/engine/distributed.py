@@ -32,19 +32,29 @@ class DistInfo:
         return self.world_size > 1
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """`auto` -> cuda when available (the local rank's GPU under torchrun) else cpu; `cuda`, `cuda:N`, `cpu` as given."""
+def resolve_device(name: str, local_rank: int = 0, world_size: int = 1, option: str = "train.device") -> torch.device:
+    """`auto` -> cuda when available (the local rank's GPU under torchrun) else cpu; `cuda`, `cuda:N`, `cpu` as given.
+
+    `option` names the setting in error messages (`train.device`, `--device`). The chosen GPU becomes the
+    current device, so libraries that allocate on "the" GPU (ffcv's streams, DALI) use the same one.
+    """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise FastcifarError(f"train.device '{name}' is not a device; use auto, cpu, cuda or cuda:N.") from None
+        raise FastcifarError(f"{option} '{name}' is not a device; use auto, cpu, cuda or cuda:N.") from None
+    if device.type not in ("cpu", "cuda"):
+        raise FastcifarError(f"{option} '{name}' is not supported; use auto, cpu, cuda or cuda:N.")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise FastcifarError(f"train.device is '{name}' but no CUDA GPU is visible; use --device cpu (or auto).")
+            raise FastcifarError(f"{option} is '{name}' but no CUDA GPU is visible; use cpu (or auto).")
         if device.index is None:
             device = torch.device("cuda", local_rank)
+        elif world_size > 1 and device.index != local_rank:
+            raise FastcifarError(f"{option} '{name}' would put every torchrun process on one GPU; use cuda (each rank takes its local GPU).")
+        if device.index >= torch.cuda.device_count():
+            raise FastcifarError(f"{option} '{name}' asks for GPU {device.index} but {torch.cuda.device_count()} are visible; pick cuda:0..{torch.cuda.device_count() - 1}.")
         torch.cuda.set_device(device)
     return device
 
@@ -56,7 +66,7 @@ def init_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     info = DistInfo(int(os.environ.get("RANK", "0")), world_size, int(os.environ.get("LOCAL_RANK", "0")))
-    device = resolve_device(device_name, info.local_rank)
+    device = resolve_device(device_name, info.local_rank, info.world_size)
     if info.active and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {"device_id": device} if device.type == "cuda" else {}

@@ -15,7 +15,7 @@ import torch
 from rich.console import Console
 
 from fastcifar.augment import GpuAugment
-from fastcifar.config import Config, from_dict, to_dict
+from fastcifar.config import Config, apply_overrides, from_dict, to_dict
 from fastcifar.engine import report
 from fastcifar.engine.checkpoint import (
     BEST,
@@ -58,7 +58,11 @@ TIMING_KEYS = ("img_per_s", "data_wait", "train_s", "eval_s", "warmup_s", "loade
 FIELDS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "test_loss", "test_acc", "test_top5", *TIMING_KEYS]
 
 
-def train(cfg: Config | None, resume: str | None = None, progress: bool = True) -> Path:
+# What may change when a run is resumed: where it runs and reads, not what it computes.
+RESUME_OVERRIDES = ("train.device", "data.root", "data.workers", "data.prefetch")
+
+
+def train(cfg: Config | None, resume: str | None = None, progress: bool = True, overrides: list[str] | None = None) -> Path:
     """Train `cfg` into a new run folder, or continue the run in `resume` (a run dir or its last.pt).
 
     A resumed run uses the config saved in its checkpoint and continues after the last completed epoch;
@@ -68,13 +72,15 @@ def train(cfg: Config | None, resume: str | None = None, progress: bool = True) 
         cfg: the run config; None when resuming (a given one must equal the saved one).
         resume: run directory (or its last.pt) to continue.
         progress: show the live progress bar (epoch lines are printed either way).
+        overrides: `key=value` changes to a resumed run's saved config, limited to RESUME_OVERRIDES
+            (e.g. train.device=cpu to continue a GPU run elsewhere, data.root=... after moving the data).
 
     Returns:
         The run directory (on every rank).
     """
     run_dir, checkpoint = None, None
     if resume is not None:
-        run_dir, cfg, checkpoint = _resume_target(resume, cfg)
+        run_dir, cfg, checkpoint = _resume_target(resume, cfg, overrides or [])
     if cfg is None:
         raise FastcifarError("Nothing to train: give a config, or resume=RUN_DIR to continue a run.")
     info, device = init_distributed(cfg.train.device)
@@ -88,12 +94,20 @@ def train(cfg: Config | None, resume: str | None = None, progress: bool = True) 
         cleanup(barrier=ok)
 
 
-def _resume_target(resume: str, cfg: Config | None) -> tuple[Path, Config, dict]:
+def _resume_target(resume: str, cfg: Config | None, overrides: list[str]) -> tuple[Path, Config, dict]:
     path = Path(resume).expanduser()
+    if path.is_file() and path.name != LAST:
+        raise FastcifarError(f"Resume from the run's {LAST} (or its folder), not '{path.name}': resuming from another checkpoint would roll the run back and overwrite {LAST}.")
     run_dir = path if path.is_dir() else path.parent
     checkpoint = load_checkpoint(path, LAST)
-    saved = from_dict(checkpoint["config"])
-    if cfg is not None and to_dict(cfg) != to_dict(saved):
+    for key in ("config", "optimizer", "scheduler", "epoch", "step", "rng"):
+        if key not in checkpoint:
+            raise FastcifarError(f"'{path}' is not a fastcifar training checkpoint (no '{key}'); resume from a run folder made by `fastcifar train`.")
+    for item in overrides:
+        if item.split("=", 1)[0].strip() not in RESUME_OVERRIDES:
+            raise FastcifarError(f"A resumed run keeps its saved config; only {', '.join(RESUME_OVERRIDES)} may change (got '{item}'); start a new run to change the rest.")
+    saved = from_dict(apply_overrides(checkpoint["config"], overrides))
+    if cfg is not None and to_dict(cfg) != to_dict(from_dict(checkpoint["config"])):
         raise FastcifarError(f"Resuming '{run_dir}' continues with the config saved in its checkpoint; drop the config argument, or start a new run.")
     return run_dir, saved, checkpoint
 
