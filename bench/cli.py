@@ -88,7 +88,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--root", default=None, help="data root with prepared data (default: a temporary root with a "
                       "SYNTHETIC stand-in; image content does not affect throughput)")
     data.add_argument("--dataset", choices=("cifar10", "cifar100"), default="cifar100")
-    data.add_argument("--synthetic-images", type=int, default=10000, help="train images in the synthetic stand-in (default 10000)")
+    data.add_argument("--synthetic-images", type=int, default=10000,
+                      help="train images in the synthetic stand-in (default 10000; 50000 matches CIFAR's epoch length)")
 
     out = parser.add_argument_group("output")
     out.add_argument("--json", metavar="PATH", help="write rows + provenance as JSON")

@@ -212,9 +212,10 @@ class TrainStep:
         return loss
 
 
-def loader_window(cfg: Config) -> int:
-    """Batches per timed window for a loader: workers x prefetch (the most batches it holds ready), at least 1."""
-    return max(1, cfg.data.workers) * max(1, cfg.data.prefetch)
+def loader_window(cfg: Config, batches_per_epoch: int) -> int:
+    """Batches per timed window for a loader: workers x prefetch (the most batches it holds ready), at least 1,
+    and at most a quarter of an epoch, so most windows hold no epoch boundary (whose stall `overall` reports)."""
+    return max(1, min(max(1, cfg.data.workers) * max(1, cfg.data.prefetch), batches_per_epoch // 4))
 
 
 def _windows(step: Callable[[], object], count: int, window: int, clock: IterationClock | None = None) -> list[int]:
@@ -308,7 +309,7 @@ def loader_only(settings: BenchSettings, variant: str, image_size: int, info) ->
         last["x"], _ = pipe.next()
 
     try:
-        window = loader_window(cfg)
+        window = loader_window(cfg, len(pipe.loader))
         timed = _timed(step, settings, device, window)
         fields = _loader_fields(variant, pipe)
     finally:
@@ -370,7 +371,7 @@ def end_to_end(settings: BenchSettings, variant: str, image_size: int, info, cei
         state["loss"] = train(x, targets)
 
     try:
-        window = loader_window(cfg)
+        window = loader_window(cfg, len(pipe.loader))
         timed = _timed(step, settings, device, window, on_measure_start=lambda: state.update(wait=0.0))
         fields = _loader_fields(variant, pipe)
     finally:

@@ -234,6 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     except FastcifarError as error:
         console.print(f"[bold red]error:[/] {error}", highlight=False)
         return 2
+    except RuntimeError as error:  # torch.OutOfMemoryError is one; anything else keeps its traceback
+        if "out of memory" not in str(error):
+            raise
+        console.print("[bold red]error:[/] the device ran out of memory; lower data.batch_size (or data.eval_batch_size, "
+                      "augment.image_size), e.g. --set data.batch_size=128.", highlight=False)
+        return 2
     except OSError as error:  # unwritable --root, full disk, missing folder: the file system's own words
         where = f" '{error.filename}'" if error.filename else ""
         console.print(f"[bold red]error:[/] {error.strerror or error}{where}; choose a writable --root or free some space.", highlight=False)

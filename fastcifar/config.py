@@ -126,7 +126,7 @@ class TrainConfig:
     amp: str = "bf16"  # bf16 | fp16 | none
     compile: bool = True  # torch.compile the model
     compile_mode: str = "default"  # default | reduce-overhead | max-autotune
-    channels_last: bool = True
+    channels_last: bool = True  # the model's weight layout; batches from GpuAugment are channels_last always
     label_smoothing: float = 0.0
     ema_decay: float = 0.0  # exponential moving average of weights per step; 0 = off
     tta: bool = False  # evaluate with the mean of the image and its mirror

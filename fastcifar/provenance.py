@@ -22,18 +22,21 @@ DISTRIBUTIONS = {
     "numpy": "numpy",
     "numba": "numba",
     "ffcv": "ffcv",
-    "dali": "nvidia-dali-cuda130",
+    "dali": ("nvidia-dali-cuda130", "nvidia-dali-cuda120", "nvidia-dali-cuda110"),  # whichever CUDA build is installed
 }
 
 
 def versions() -> dict:
     """Versions of python and the libraries that shape results (None = not installed)."""
     out: dict = {"python": platform.python_version()}
-    for key, dist in DISTRIBUTIONS.items():
-        try:
-            out[key] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[key] = None
+    for key, names in DISTRIBUTIONS.items():
+        out[key] = None
+        for dist in (names,) if isinstance(names, str) else names:
+            try:
+                out[key] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
     out["torch"] = torch.__version__  # includes the build tag (+cu130, +cpu)
     out["cuda"] = torch.version.cuda
     out["cudnn"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None

@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from fastcifar.data.cifar import SYNTHETIC_MARKER, get_spec, raw_dir, raw_present
 from fastcifar.data.files import (
+    STALE_TEMP_S,
     make_temp_dir,
     md5_file,
     remove_path,
@@ -71,7 +72,7 @@ def download(dataset: str, root: str | os.PathLike | None, progress: bool = True
         say(f"{spec.title} is already in {folder}", progress)
         return folder
     root.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(root)
+    remove_stale_temps(root, min_age_s=STALE_TEMP_S)  # unlocked root: spare a concurrent run's temps
     target = root / archive.filename
     if target.exists() and md5_file(target) != archive.md5:
         say(f"[yellow]{target} does not match md5 {archive.md5}; downloading it again[/]", progress)

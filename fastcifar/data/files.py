@@ -6,9 +6,12 @@ import hashlib
 import os
 import secrets
 import shutil
+import time
 from pathlib import Path
 
 from fastcifar.atomic import TEMP_PREFIX
+
+STALE_TEMP_S = 3600.0  # a temp folder untouched this long on an unlocked root belongs to no live run
 
 
 def make_temp_dir(parent: Path, tag: str) -> Path:
@@ -38,11 +41,17 @@ def replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def remove_stale_temps(parent: Path) -> list[Path]:
-    """Delete leftovers `parent/.tmp-*` of an interrupted run; returns what was removed."""
+def remove_stale_temps(parent: Path, min_age_s: float = 0.0) -> list[Path]:
+    """Delete leftovers `parent/.tmp-*` of an interrupted run; returns what was removed.
+
+    min_age_s: keep entries modified more recently than this, where no lock rules out a concurrent run
+    (two `data download` commands on one root must not delete each other's extraction in progress).
+    """
     removed = []
     if parent.is_dir():
         for entry in sorted(parent.glob(TEMP_PREFIX + "*")):
+            if min_age_s and time.time() - entry.lstat().st_mtime < min_age_s:
+                continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:

@@ -104,6 +104,7 @@ def prepare(dataset: str, root: str | os.PathLike | None, formats: Iterable[str]
             manifest = _new_manifest(dataset, sources, splits)
         for key in todo:
             _build(key, splits, base, manifest, progress, dali_shard_size)
+            os.sync()  # the format's files reach the disk before the manifest vouches for them (power loss)
             manifest["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             write_manifest(base, manifest)  # only now does `key` count as complete
         say(f"[green]{dataset}[/]: built {', '.join(todo)} in {base}", progress)

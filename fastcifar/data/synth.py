@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fastcifar.data.cifar import SYNTHETIC_MARKER, get_spec, raw_dir
-from fastcifar.data.files import make_temp_dir, remove_stale_temps, replace_dir
+from fastcifar.data.files import STALE_TEMP_S, make_temp_dir, remove_stale_temps, replace_dir
 from fastcifar.data.names import (
     CIFAR10_CLASSES,
     CIFAR100_CLASSES,
@@ -60,7 +60,7 @@ def write_synthetic(dataset: str, root: str | os.PathLike | None, train: int = 5
     if final.exists() and not (final / SYNTHETIC_MARKER).exists():
         raise FastcifarError(f"'{final}' already holds real {spec.title} data; write the synthetic stand-in to "
                              f"another root (--root) so the real files stay untouched.")
-    remove_stale_temps(root)
+    remove_stale_temps(root, min_age_s=STALE_TEMP_S)  # unlocked root: spare a concurrent run's temps
     rng = np.random.default_rng(seed)
     fine_to_coarse = np.array(CIFAR100_FINE_TO_COARSE if dataset == "cifar100" else range(10))
     templates = _templates(fine_to_coarse, rng)  # [C, 32+2s, 32+2s, 3] float32

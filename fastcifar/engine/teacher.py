@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 import torch
@@ -54,6 +55,9 @@ def load_teacher(cfg: Config, num_classes: int, device: torch.device) -> nn.Modu
     teacher_cfg = from_dict(state["config"])
     if int(state["num_classes"]) != num_classes:
         raise FastcifarError(f"Teacher '{path}' predicts {state['num_classes']} classes but the student has {num_classes}; distill from a teacher trained on the same dataset and data.label.")
+    if teacher_cfg.augment.image_size != cfg.distill.teacher_image_size:  # legal, but rarely what was meant
+        warnings.warn(f"The teacher '{path}' was trained at {teacher_cfg.augment.image_size} px but distill.teacher_image_size "
+                      f"is {cfg.distill.teacher_image_size}; it will score inputs of a size it never saw.", stacklevel=2)
     # Weights come from the checkpoint: never download hub weights again for the teacher.
     model_cfg = dataclasses.replace(teacher_cfg.model, pretrained=False)
     teacher = build_model(model_cfg, num_classes)
