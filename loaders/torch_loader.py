@@ -60,9 +60,15 @@ class NpyDataset(Dataset):
         image = torch.from_numpy(np.array(self._images[i])).permute(2, 0, 1)  # [3, 32, 32] uint8 view of HWC
         # Seeding per sample makes the draws independent of worker count, worker lifetime (persistent workers
         # keep their RNG across epochs, a resumed run would not) and of the main process's RNG (workers=0).
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_003 + i) % 2**63)
+        # The CPU generator itself, saved and restored: ~3 us, where torch.manual_seed / fork_rng also visit
+        # every accelerator backend (~200 us, which would slow this baseline down by a third).
+        generator = torch.default_generator
+        saved = generator.get_state()
+        generator.manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_003 + i) % 2**63)
+        try:
             return self.transform(image), int(self.labels[i])
+        finally:
+            generator.set_state(saved)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
