@@ -28,7 +28,6 @@ from __future__ import annotations
 import gc
 import itertools
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -39,10 +38,10 @@ from fastcifar.bench.timing import (
     CpuMeter,
     IterationClock,
     summarize,
-    synchronize,
     throughput,
 )
 from fastcifar.config import Config, from_dict
+from fastcifar.engine.precision import AMP_DTYPES, autocast, input_dtype, synchronize
 from fastcifar.errors import FastcifarError
 
 # variant name on the CLI -> (loader registry name, native_augment)
@@ -60,7 +59,6 @@ FORMATS = {"gpu": "npy", "torch": "npy", "ffcv": "ffcv", "dali": "dali"}
 BENCH_AUGMENT = {"crop_padding": 4, "hflip": 0.5}
 LOADER_BOUND_RATIO = 0.90  # e2e below 90 % of the model-only ceiling ...
 HIGH_DATA_WAIT = 0.10  # ... while >= 10 % of the wall time is spent waiting for data = loader-bound
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 MIN_WINDOW_S = 0.5  # a timed window closes after this much wall time even when it has fewer than `window` batches
 
 
@@ -150,7 +148,7 @@ class Pipeline:
         self.native_ops = sorted(getattr(self.loader, "native_ops", ()))  # e.g. ["crop", "hflip"] with native_augment
         # ops the library already ran natively (native_augment) are switched off here, never run twice
         self.augment = GpuAugment(remaining_augment(cfg.augment, self.loader), info.mean, info.std, info.num_classes,
-                                  per_image_ops=self.on_device_ops, out_dtype=input_dtype(cfg))
+                                  per_image_ops=self.on_device_ops, out_dtype=input_dtype(cfg.train.amp))
         self._batches = _endless(self.loader)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,11 +168,6 @@ def _check_ready(x: torch.Tensor, batch_size: int, image_size: int, dtype: torch
     if tuple(x.shape) != expected or x.dtype != dtype or not x.is_contiguous(memory_format=torch.channels_last):
         raise RuntimeError(f"augmented batch is {x.dtype} {tuple(x.shape)} (channels_last: "
                            f"{x.is_contiguous(memory_format=torch.channels_last)}), expected {dtype} {expected} channels_last")
-
-
-def input_dtype(cfg: Config) -> torch.dtype:
-    """dtype of the model input the augment emits: the AMP dtype (autocast would cast to it anyway), else float32."""
-    return AMP_DTYPES[cfg.train.amp] or torch.float32
 
 
 class TrainStep:
@@ -199,8 +192,7 @@ class TrainStep:
             self.model.compile(mode=cfg.train.compile_mode, dynamic=False)
         self.optimizer = build_optimizer(self.model, cfg.optim, device)
         self.objective = make_objective(build_criterion(cfg))
-        dtype = AMP_DTYPES[cfg.train.amp]
-        self.autocast = torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
+        self.autocast = autocast(device, cfg.train.amp)
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
         self.grad_clip = cfg.optim.grad_clip
 
@@ -314,7 +306,7 @@ def loader_only(settings: BenchSettings, variant: str, image_size: int, info) ->
         fields = _loader_fields(variant, pipe)
     finally:
         pipe.close()
-    _check_ready(last["x"], settings.batch_size, image_size, input_dtype(cfg))
+    _check_ready(last["x"], settings.batch_size, image_size, input_dtype(cfg.train.amp))
     row = _row("loader", settings, variant, image_size, timed, window)
     return {**row, **fields, "out_dtype": str(last["x"].dtype).replace("torch.", ""),
             "build_s": build_s, "first_batch_s": timed["first_s"], "warmup_s": build_s + timed["warmup_s"]}
@@ -332,7 +324,7 @@ def model_only(settings: BenchSettings, image_size: int, info) -> dict:
     start = time.perf_counter()
     train = TrainStep(cfg, info.num_classes, device)
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
-    x = torch.randn(settings.batch_size, 3, image_size, image_size, device=device, dtype=input_dtype(cfg))
+    x = torch.randn(settings.batch_size, 3, image_size, image_size, device=device, dtype=input_dtype(cfg.train.amp))
     x = x.contiguous(memory_format=memory_format)  # [B, 3, S, S], like an augmented batch
     targets = torch.randint(info.num_classes, (settings.batch_size,), device=device)  # [B] int64
     build_s = time.perf_counter() - start

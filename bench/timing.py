@@ -22,6 +22,8 @@ from typing import Sequence
 
 import torch
 
+from fastcifar.engine.precision import synchronize
+
 # ---------------------------------------------------------------------------- clocks
 
 
@@ -57,13 +59,6 @@ class IterationClock:
             # Event.elapsed_time is in ms
             return [a.elapsed_time(b) / 1000.0 for a, b in zip(self._marks, self._marks[1:])]
         return [b - a for a, b in zip(self._marks, self._marks[1:])]
-
-
-def synchronize(device: torch.device | str) -> None:
-    """Block until `device` finished its queued work (CUDA only; CPU work is already done)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ---------------------------------------------------------------------------- statistics

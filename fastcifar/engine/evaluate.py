@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -20,10 +19,9 @@ from fastcifar.engine.checkpoint import (
 )
 from fastcifar.engine.distributed import resolve_device
 from fastcifar.engine.inputs import data_info, eval_loader, split_indices
+from fastcifar.engine.precision import autocast
 from fastcifar.engine.step import eval_pass, summarize_eval
 from fastcifar.errors import FastcifarError
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 
 
 def evaluate(
@@ -70,9 +68,7 @@ def evaluate(
     from fastcifar.augment import GpuAugment
 
     prepare = GpuAugment(cfg.augment, info.mean, info.std, info.num_classes).eval_batch
-    dtype = AMP_DTYPES[cfg.train.amp]
-    autocast = torch.autocast(dev.type, dtype=dtype) if dtype else nullcontext()
-    sums = eval_pass(model, data, prepare, autocast, info.num_classes, tta=tta)
+    sums = eval_pass(model, data, prepare, autocast(dev, cfg.train.amp), info.num_classes, tta=tta)
     scores = summarize_eval(sums, split)
     result = {
         "split": split,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -42,6 +41,7 @@ from fastcifar.engine.ema import ModelEma
 from fastcifar.engine.inputs import data_info, eval_loader, split_indices
 from fastcifar.engine.metrics import MetricsLog, TensorBoard
 from fastcifar.engine.optim import build_optimizer, build_scheduler
+from fastcifar.engine.precision import autocast, input_dtype, synchronize
 from fastcifar.engine.progress import EpochProgress
 from fastcifar.engine.run_dir import make_run_dir
 from fastcifar.engine.step import eval_pass, make_objective, summarize_eval, train_step
@@ -52,7 +52,6 @@ from fastcifar.loaders.base import remaining_augment
 from fastcifar.losses import build_criterion
 from fastcifar.models import build_model, load_weights
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 # Record keys that measure time: they differ between an interrupted-and-resumed run and an uninterrupted one.
 TIMING_KEYS = ("img_per_s", "data_wait", "train_s", "eval_s", "warmup_s", "loader_warmup_s", "wall_s")
 FIELDS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "test_loss", "test_acc", "test_top5", *TIMING_KEYS]
@@ -112,11 +111,6 @@ def _resume_target(resume: str, cfg: Config | None, overrides: list[str]) -> tup
     return run_dir, saved, checkpoint
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (torch.cpu.synchronize is a no-op), so host timers measure it."""
-    getattr(torch, device.type).synchronize(device)
-
-
 class Trainer:
     """Everything one run holds. Built on every rank; only rank 0 writes files and prints."""
 
@@ -126,8 +120,7 @@ class Trainer:
         seed_everything(cfg.train.seed)  # same seed on every rank: identical initial weights (DDP checks)
         torch.backends.cudnn.benchmark = True  # fixed shapes (drop_last): let cuDNN pick its fastest kernels
         torch.set_float32_matmul_precision("high")  # TF32 matmuls on CUDA; no effect on CPU
-        dtype = AMP_DTYPES[cfg.train.amp]
-        self.autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+        self.autocast = autocast(device, cfg.train.amp)
         self.data = data_info(cfg)
         self._build_data()
         self._build_model(weights_follow=checkpoint is not None or bool(cfg.train.init_from))
@@ -153,7 +146,7 @@ class Trainer:
         self.eval_loaders["test"] = eval_loader(cfg, "test", device, None, dist.rank, dist.world_size)
         self.eval_counts = {"val": len(val_idx)} if val_idx is not None else {}
         self.eval_counts["test"] = self.data.test_count
-        d, out_dtype = self.data, AMP_DTYPES[cfg.train.amp] or torch.float32  # feed AMP its dtype directly: half the bytes
+        d, out_dtype = self.data, input_dtype(cfg.train.amp)
         aug = remaining_augment(cfg.augment, self.train_loader)  # minus what a native ffcv/dali pipeline already did
         self.augment = GpuAugment(aug, d.mean, d.std, d.num_classes, per_image_ops=not self.train_loader.per_image_ops_done, out_dtype=out_dtype)
         self.eval_augment = GpuAugment(cfg.augment, d.mean, d.std, d.num_classes, out_dtype=out_dtype)  # eval_batch: resize + normalize only
