@@ -168,3 +168,32 @@ def test_plots_write_png_files(tmp_path):
         data = (tmp_path / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion.png", "curves.png"]
+
+
+def test_flip_tta_averages_the_softmax_of_image_and_mirror():
+    """By value: a model that reads the left and right halves differently, so the mirror changes its logits."""
+    from contextlib import nullcontext
+
+    from fastcifar.engine.step import eval_pass
+
+    class Halves(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor([3.0, -1.0, 0.5]))
+
+        def forward(self, x):  # [B, 3, H, W] -> [B, 3]: left-half mean minus right-half mean, per channel
+            w = x.shape[-1] // 2
+            return (x[..., :w].mean((2, 3)) - x[..., w:].mean((2, 3))) * self.scale
+
+    torch.manual_seed(0)
+    x = torch.rand(6, 3, 4, 4)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    model = Halves()
+    sums = eval_pass(model, [(x, labels)], lambda images: images, nullcontext(), 3, tta=True)
+    with torch.no_grad():
+        mean_prob = (model(x).softmax(1) + model(x.flip(3)).softmax(1)) / 2
+    expected = torch.nn.functional.nll_loss(mean_prob.log(), labels, reduction="sum")
+    assert float(sums["loss_sum"]) == pytest.approx(float(expected), rel=1e-5)
+    assert int(sums["correct1"]) == int((mean_prob.argmax(1) == labels).sum())
+    plain = eval_pass(model, [(x, labels)], lambda images: images, nullcontext(), 3, tta=False)
+    assert float(plain["loss_sum"]) != pytest.approx(float(expected), rel=1e-3)
