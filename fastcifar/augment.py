@@ -180,7 +180,8 @@ class GpuAugment:
         if not active:
             return {}
         if self.cfg.one_of:  # albumentations OneOf(p=1): pick with weights proportional to the probabilities
-            weights = self._cached(("one_of", tuple(active)), device, lambda: torch.tensor([getattr(self.cfg, n) for n in active]))
+            weights = self._cached(("one_of", tuple(active)), device,
+                                   lambda: torch.tensor([getattr(self.cfg, n) for n in active]))  # [len(active)]
             pick = torch.multinomial(weights, batch, replacement=True)  # [B] index into `active`
             return {name: pick == k for k, name in enumerate(active)}
         return {name: torch.rand(batch, device=device) < getattr(self.cfg, name) for name in active}
@@ -211,7 +212,7 @@ class GpuAugment:
     def mix(self, x: Tensor, labels: Tensor, p: MixParams) -> tuple[Tensor, Tensor]:
         """Mix x in place with its partner (see `augment_ops.partner_index`); soft labels float32 [B, C]."""
         partner = ops.partner_index(x.shape[0], x.device)
-        one_hot = losses.one_hot(labels, self.num_classes)  # [B, C] float32, scatter_ (F.one_hot syncs on CUDA)
+        one_hot = losses.one_hot(labels, self.num_classes)  # [B, C] float32, by scatter_ (see losses.one_hot)
         targets = p.lam * one_hot + (1 - p.lam) * one_hot[partner]
         return ops.mix_(x, p.other_weight), targets
 
@@ -224,7 +225,8 @@ class GpuAugment:
         """`make()` (host tensors) copied to `device` once: a host-to-device copy inside the step would sync."""
         if (key, device) not in self._consts:
             value = make()
-            self._consts[(key, device)] = tuple(t.to(device) for t in value) if isinstance(value, tuple) else value.to(device)
+            moved = tuple(t.to(device) for t in value) if isinstance(value, tuple) else value.to(device)
+            self._consts[(key, device)] = moved
         return self._consts[(key, device)]
 
 

@@ -26,7 +26,11 @@ Criterion = Callable[[Tensor, Tensor], Tensor]
 
 
 def one_hot(labels: Tensor, num_classes: int) -> Tensor:
-    """float32 [B, C] with a 1 at each label: `F.one_hot` without its host-side range check (a sync on CUDA).
+    """float32 [B, C] with a 1 at each label, by `scatter_`: never reads the labels on the host.
+
+    `F.one_hot` checks the label range with `.item()` on the CPU (and on CUDA when num_classes is not given;
+    with it, CUDA relies on scatter's device assert). One code path that never syncs keeps the hot path
+    the same everywhere, and keeps the CPU host-sync test (tests/test_host_sync.py) meaningful.
 
     Args:
         labels: int64 [B] in [0, num_classes) (out of range: a device-side index error, as in any gather).

@@ -37,7 +37,7 @@ from fastcifar.engine.teacher import load_teacher
 from fastcifar.engine.trainer import Trainer
 from fastcifar.loaders import build_loader
 from fastcifar.loaders.base import remaining_augment
-from fastcifar.losses import build_criterion
+from fastcifar.losses import build_criterion, one_hot
 from fastcifar.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,7 +63,7 @@ SYNCS = {
     "bool": (lambda x, y: bool(x[1]), "aten._local_scalar_dense.default"),
     "if_tensor": (lambda x, y: 1 if (x > 2).any() else 0, "aten._local_scalar_dense.default"),
     "is_nonzero": (lambda x, y: x[1].is_nonzero(), "aten._local_scalar_dense.default"),
-    "one_hot": (lambda x, y: F.one_hot(y, 3), "aten._local_scalar_dense.default"),  # validates on the host
+    "one_hot": (lambda x, y: F.one_hot(y, 3), "aten._local_scalar_dense.default"),  # range check, on CPU
     "nonzero": (lambda x, y: x.nonzero(), "aten.nonzero.default"),
     "where_one_arg": (lambda x, y: torch.where(x > 1), "aten.nonzero.default"),
     "mask_index": (lambda x, y: x[x > 2], "aten.index.Tensor"),
@@ -72,7 +72,10 @@ SYNCS = {
     "unique": (lambda x, y: torch.unique(y), "aten._unique2.default"),
     "unique_consecutive": (lambda x, y: torch.unique_consecutive(y), "aten.unique_consecutive.default"),
     "bincount": (lambda x, y: torch.bincount(y, minlength=3), "aten.bincount.default"),
-    "repeat_interleave": (lambda x, y: x.repeat_interleave(torch.ones(6, dtype=torch.long)), "aten.repeat_interleave.Tensor"),
+    "repeat_interleave": (
+        lambda x, y: x.repeat_interleave(torch.ones(6, dtype=torch.long)),
+        "aten.repeat_interleave.Tensor",
+    ),
     "multinomial_no_replacement": (lambda x, y: torch.multinomial(x + 1, 3), "aten.multinomial.default"),
     "multinomial_one_sample": (lambda x, y: torch.multinomial(x + 1, 1, replacement=True), "aten.multinomial.default"),
     "histc_no_range": (lambda x, y: x.histc(4), "aten.histc.default"),
@@ -124,10 +127,17 @@ def test_detector_is_quiet_on_the_device_side_replacements():
 
 def test_detector_reports_the_project_line_to_fix():
     """A sync inside fastcifar is reported at fastcifar's line (summarize_eval reads the epoch sums, once an epoch)."""
-    sums = {"loss_sum": torch.tensor(1.0), "correct1": torch.tensor(1), "correct5": torch.tensor(2), "count": torch.tensor(4)}
+    sums = {
+        "loss_sum": torch.tensor(1.0),
+        "correct1": torch.tensor(1),
+        "correct5": torch.tensor(2),
+        "count": torch.tensor(4),
+    }
     with HostSyncDetector() as detector:
         summarize_eval(sums, "test")
-    assert detector.events and all(e.site.startswith("fastcifar/engine/step.py:") for e in detector.events), detector.report()
+    assert detector.events and all(e.site.startswith("fastcifar/engine/step.py:") for e in detector.events), (
+        detector.report()
+    )
     assert "summarize_eval" in detector.events[0].site
 
 
@@ -188,6 +198,14 @@ def test_fp16_grad_scaler_with_a_foreach_optimizer_syncs():
     assert detector.events[0].site.startswith("fastcifar/engine/step.py:") and "train_step" in detector.events[0].site
 
 
+def test_one_hot_by_scatter_matches_f_one_hot_without_a_sync():
+    labels = torch.tensor([3, 0, 2, 2, 1])
+    with HostSyncDetector() as detector:
+        out = one_hot(labels, 5)
+    assert not detector.events, detector.report()
+    assert out.dtype == torch.float32 and torch.equal(out, F.one_hot(labels, 5).float())
+
+
 def test_confusion_matrix_counts_pairs_without_a_sync():
     preds, labels = torch.tensor([0, 1, 1, 2, 2, 2]), torch.tensor([0, 1, 2, 2, 2, 0])
     with HostSyncDetector() as detector:
@@ -216,7 +234,9 @@ def shrink(cfg: Config, device: str = "cpu", teacher: str | None = None, model_n
     family = "test_efficientnet" if "efficientnet" in d["model"]["name"] else "test_resnet"
     d["model"].update(name=model_name or family, pretrained=False, embedding_dim=32)
     d["augment"]["image_size"] = _side(d["augment"]["image_size"])
-    d["augment"]["scales"] = sorted({_side(s) for s in d["augment"]["scales"]} | ({SMALL, LARGE} if d["augment"]["scales"] else set()))
+    d["augment"]["scales"] = sorted(
+        {_side(s) for s in d["augment"]["scales"]} | ({SMALL, LARGE} if d["augment"]["scales"] else set())
+    )
     d["data"].update(batch_size=BATCH, eval_batch_size=BATCH, workers=0, val_split=0, loader="gpu")
     d["train"].update(device=device, compile=False, amp="none" if device == "cpu" else d["train"]["amp"])
     if d["distill"]["teacher"]:
@@ -247,8 +267,16 @@ class Pieces:
         """Trainer._step plus the metric sums of Trainer._train_epoch."""
         size = Trainer._draw_size(SimpleNamespace(cfg=self.cfg, step=self.step))  # the trainer's own draw
         x, targets = self.augment.train_batch(images, labels, size)
-        loss, hits = train_step(self.model, x, targets, self.objective, self.optimizer, self.scaler,
-                                autocast(self.device, self.cfg.train.amp), self.cfg.optim.grad_clip)
+        loss, hits = train_step(
+            self.model,
+            x,
+            targets,
+            self.objective,
+            self.optimizer,
+            self.scaler,
+            autocast(self.device, self.cfg.train.amp),
+            self.cfg.optim.grad_clip,
+        )
         if self.ema is not None:
             self.ema.update(self.model)
         self.scheduler.step()
@@ -260,8 +288,14 @@ class Pieces:
         """eval_pass over the first batch of the real test loader, with the config's TTA."""
         first = _FirstBatch(self.test_loader)
         eval_model = self.ema.module if self.ema is not None else self.model
-        return eval_pass(eval_model, first, self.eval_augment.eval_batch, autocast(self.device, self.cfg.train.amp),
-                         self.num_classes, tta=self.cfg.train.tta)
+        return eval_pass(
+            eval_model,
+            first,
+            self.eval_augment.eval_batch,
+            autocast(self.device, self.cfg.train.amp),
+            self.num_classes,
+            tta=self.cfg.train.tta,
+        )
 
 
 class _FirstBatch:
@@ -287,8 +321,14 @@ def build_pieces(cfg: Config, device: str = "cpu") -> Pieces:
     train_loader = build_loader(cfg, "train", train=True, device=dev)
     test_loader = eval_loader(cfg, "test", dev)
     out_dtype = input_dtype(cfg.train.amp)
-    augment = GpuAugment(remaining_augment(cfg.augment, train_loader), info.mean, info.std, info.num_classes,
-                         per_image_ops=not train_loader.per_image_ops_done, out_dtype=out_dtype)
+    augment = GpuAugment(
+        remaining_augment(cfg.augment, train_loader),
+        info.mean,
+        info.std,
+        info.num_classes,
+        per_image_ops=not train_loader.per_image_ops_done,
+        out_dtype=out_dtype,
+    )
     eval_augment = GpuAugment(cfg.augment, info.mean, info.std, info.num_classes, out_dtype=out_dtype)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
     model = build_model(cfg.model, info.num_classes).to(dev, memory_format=memory_format)
@@ -298,14 +338,30 @@ def build_pieces(cfg: Config, device: str = "cpu") -> Pieces:
     scaler = torch.amp.GradScaler(dev.type, enabled=cfg.train.amp == "fp16")
     teacher = load_teacher(cfg, info.num_classes, dev) if cfg.distill.teacher else None
     objective = make_objective(build_criterion(cfg), teacher, cfg.distill)
-    return Pieces(cfg, dev, train_loader, test_loader, augment, eval_augment, model, ema, optimizer, scheduler,
-                  scaler, objective, info.num_classes)
+    return Pieces(
+        cfg,
+        dev,
+        train_loader,
+        test_loader,
+        augment,
+        eval_augment,
+        model,
+        ema,
+        optimizer,
+        scheduler,
+        scaler,
+        objective,
+        info.num_classes,
+    )
 
 
 def run_watched(pieces: Pieces) -> tuple[HostSyncDetector, dict, dict]:
     """Warm-up step + eval batch, then one training step and one eval batch under the detector."""
     device = pieces.device
-    sums = {"loss": torch.zeros((), dtype=torch.float64, device=device), "correct": torch.zeros((), dtype=torch.int64, device=device)}
+    sums = {
+        "loss": torch.zeros((), dtype=torch.float64, device=device),
+        "correct": torch.zeros((), dtype=torch.int64, device=device),
+    }
     batches = iter(pieces.train_loader)  # once per epoch in the trainer
     pieces.train_step(*next(batches), sums)  # warm-up: optimizer state, cached constants, lazy inits
     pieces.eval_batch()
@@ -324,7 +380,16 @@ def teacher_run(tmp_path_factory, prepared_root):
     torch.manual_seed(0)
     model = build_model(cfg.model, data_info(cfg).num_classes)
     path = tmp_path_factory.mktemp("teacher") / "best.pt"
-    save_checkpoint({"model": model.state_dict(), "ema": None, "config": to_dict(cfg), "num_classes": data_info(cfg).num_classes, "epoch": 0}, path)
+    save_checkpoint(
+        {
+            "model": model.state_dict(),
+            "ema": None,
+            "config": to_dict(cfg),
+            "num_classes": data_info(cfg).num_classes,
+            "epoch": 0,
+        },
+        path,
+    )
     return str(path)
 
 
@@ -341,10 +406,46 @@ def test_packaged_config_step_and_eval_have_no_host_sync(name, prepared_root, te
     assert int(scores["count"]) == BATCH and int(scores["confusion"].sum()) == BATCH
 
 
+# Settings no packaged config ships, on top of one that is close: (config, section changes after shrink).
+VARIANTS = {
+    "grad_clip_cosface": ("resnet18_arcface_224", {"optim": {"grad_clip": 1.0}, "model": {"head": "cosface"}}),
+    "arcface_easy_margin_mixup_ema_tta": (
+        "seed003_resnet34_cifar10_cutmix_mixup",
+        {
+            "model": {"head": "arcface", "easy_margin": True},
+            "train": {"ema_decay": 0.99, "label_smoothing": 0.1, "tta": True},
+        },
+    ),
+    "fp16_grad_scaler_clip": ("resnet18_baseline", {"train": {"amp": "fp16"}, "optim": {"grad_clip": 2.0}}),
+    "kd_mixup": ("resnet18_pretrained_arcface_kd", {"augment": {"mixup_alpha": 0.4, "cutmix_alpha": 1.0}}),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_step_variants_have_no_host_sync(variant, prepared_root, teacher_run):
+    name, changes = VARIANTS[variant]
+    root = prepared_root(load_config(name).data.dataset, ("npy",))
+    d = to_dict(shrink(load_config(name, [f"data.root={root}"]), teacher=teacher_run))
+    for section, values in changes.items():
+        d[section].update(values)
+    pieces = build_pieces(from_dict(d))
+    assert pieces.scaler.is_enabled() == (d["train"]["amp"] == "fp16")
+    detector, sums, scores = run_watched(pieces)
+    assert not detector.events, f"{variant}: host syncs in the step or eval pass:\n{detector.report()}"
+    assert pieces.step == 2 and torch.isfinite(sums["loss"]) and int(scores["count"]) == BATCH
+
+
 # ============================================================================ (c) CUDA: the device's own check
 
-HEADLINE = ["resnet18_arcface_224", "resnet18_arcface_multiscale", "resnet18_augment", "seed003_resnet34_cifar10_cutmix_mixup",
-            "fast_cifar100_resnet50_224", "seed002_effb0_128_scratch", "resnet18_pretrained_arcface_kd"]
+HEADLINE = [
+    "resnet18_arcface_224",
+    "resnet18_arcface_multiscale",
+    "resnet18_augment",
+    "seed003_resnet34_cifar10_cutmix_mixup",
+    "fast_cifar100_resnet50_224",
+    "seed002_effb0_128_scratch",
+    "resnet18_pretrained_arcface_kd",
+]
 
 
 @pytest.mark.gpu
@@ -357,7 +458,10 @@ def test_cuda_step_and_eval_run_under_sync_debug_mode_error(name, prepared_root,
     shipped = load_config(name, [f"data.root={root}"])
     cfg = shrink(shipped, device="cuda", teacher=teacher_run, model_name=shipped.model.name)
     pieces = build_pieces(cfg, "cuda")
-    sums = {"loss": torch.zeros((), dtype=torch.float64, device="cuda"), "correct": torch.zeros((), dtype=torch.int64, device="cuda")}
+    sums = {
+        "loss": torch.zeros((), dtype=torch.float64, device="cuda"),
+        "correct": torch.zeros((), dtype=torch.int64, device="cuda"),
+    }
     batches = iter(pieces.train_loader)
     pieces.train_step(*next(batches), sums)
     pieces.eval_batch()

@@ -26,8 +26,11 @@ agrees without touching the device), and what is computed from such outputs alon
 On a real GPU, `cuda_sync_errors()` is the ground truth: CUDA's own sync debug mode raises on
 every synchronizing call inside the region.
 
-Not seen (no aten op on the CPU): syncs inside a C++ kernel of another op, and timing effects such
-as a cudaMalloc; the CUDA tests cover those.
+Where CPU and CUDA differ, the detector errs on the strict side: the CPU kernels of a few composite
+ops check their input with `.item()` where CUDA relies on a device assert (`F.one_hot` with
+num_classes), and those are reported too; the project's rule is to avoid them. Not seen at all:
+syncs inside the C++ kernel of another op on CUDA only, and costs such as a cudaMalloc; the CUDA
+tests cover those.
 """
 
 from __future__ import annotations
@@ -164,7 +167,9 @@ class _DispatchWatch(TorchDispatchMode):
         out = func(*args, **kwargs)
         generator = kwargs.get("generator")
         from_host = generator is not None and generator.device.type == "cpu"
-        if from_host or (tensors and not any(self.d.is_device_tensor(t) for t in tensors) and self.d.device_type == "cpu"):
+        if from_host or (
+            tensors and not any(self.d.is_device_tensor(t) for t in tensors) and self.d.device_type == "cpu"
+        ):
             self.d.mark_host(out)  # drawn on the host, or computed from host data alone
         return out
 
@@ -175,7 +180,7 @@ class _DispatchWatch(TorchDispatchMode):
         if func in BOOL_INDEX_OPS:
             indices = args[1] if len(args) > 1 else kwargs.get("indices", ())
             if on_device and any(i is not None and i.dtype in (torch.bool, torch.uint8) for i in indices):
-                return "boolean-mask indexing: the output size (or the nonzero it runs) depends on the data; use torch.where / masked_fill"
+                return "boolean-mask indexing runs a nonzero (data-dependent size); use torch.where / masked_fill"
             return None
         if func is aten.repeat_interleave.Tensor:
             if on_device and kwargs.get("output_size", args[2] if len(args) > 2 else None) is None:
@@ -211,7 +216,9 @@ class _DispatchWatch(TorchDispatchMode):
         if self.d.is_device_tensor(src) and target.type == "cpu":
             return "device-to-host copy: the host waits for the device; keep the value on the device"
         if target.type == self.d.device_type and src.device.type == "cpu" and not (non_blocking and src.is_pinned()):
-            return "host-to-device copy from pageable memory (or blocking): build the tensor once per device and cache it"
+            return (
+                "host-to-device copy from pageable memory (or blocking): build the tensor once per device and cache it"
+            )
         return None
 
 
@@ -229,8 +236,10 @@ class _FunctionWatch(TorchFunctionMode):
             data = args[1] if func is torch.Tensor.new_tensor else (args[0] if args else kwargs.get("data"))
             if not isinstance(data, torch.Tensor):
                 name = "Tensor.new_tensor" if func is torch.Tensor.new_tensor else f"torch.{func.__name__}"
-                reason = ("from Python data: a blocking host-to-device copy inside the step; build constants "
-                          "once per device (cached), or use torch.full / arange / scatter_")
+                reason = (
+                    "from Python data: a blocking host-to-device copy inside the step; build constants "
+                    "once per device (cached), or use torch.full / arange / scatter_"
+                )
         elif func in TO_HOST and args and self.d.is_device_tensor(args[0]):
             name = f"Tensor.{TO_HOST[func]}"
             reason = "copies device data to the host, which waits for the device"
@@ -277,7 +286,7 @@ def _short(where: str) -> str:
     for d in _project_dirs():
         parent = str(Path(d).parent) + "/"
         if where.startswith(parent):
-            return where[len(parent):]
+            return where[len(parent) :]
     return where
 
 
