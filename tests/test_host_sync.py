@@ -450,6 +450,19 @@ HEADLINE = [
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_sync_errors_raises_on_a_sync_and_restores_the_mode():
+    x = torch.ones(4, device="cuda")
+    before = torch.cuda.get_sync_debug_mode()
+    with pytest.raises(RuntimeError):
+        with cuda_sync_errors():
+            x.sum().item()
+    with cuda_sync_errors():
+        (x * 2).sum()  # queued work only: no error
+    assert torch.cuda.get_sync_debug_mode() == before
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("name", HEADLINE)
 def test_cuda_step_and_eval_run_under_sync_debug_mode_error(name, prepared_root, teacher_run):
     """The real model family (resnet18 etc., not pretrained) at the config's AMP on CUDA, small sides:
