@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from fastcifar import augment_ops as ops
+from fastcifar import losses
 from fastcifar.config import AugmentConfig
 from fastcifar.errors import FastcifarError
 
@@ -90,7 +90,7 @@ class GpuAugment:
         std_t = torch.tensor(std if cfg.normalize else [255.0] * 3, dtype=torch.float64)
         self._scale = (1.0 / std_t).float()  # [3] per channel, applied to 0-255 pixels
         self._shift = (-mean_t / std_t).float()
-        self._consts: dict[torch.device, tuple[Tensor, Tensor]] = {}
+        self._consts: dict[tuple, Tensor | tuple[Tensor, ...]] = {}  # (what, device) -> constants on that device
 
     # ------------------------------------------------------------------ entry points
 
@@ -180,7 +180,8 @@ class GpuAugment:
         if not active:
             return {}
         if self.cfg.one_of:  # albumentations OneOf(p=1): pick with weights proportional to the probabilities
-            weights = torch.tensor([getattr(self.cfg, n) for n in active], device=device)
+            weights = self._cached(("one_of", tuple(active)), device,
+                                   lambda: torch.tensor([getattr(self.cfg, n) for n in active]))  # [len(active)]
             pick = torch.multinomial(weights, batch, replacement=True)  # [B] index into `active`
             return {name: pick == k for k, name in enumerate(active)}
         return {name: torch.rand(batch, device=device) < getattr(self.cfg, name) for name in active}
@@ -211,16 +212,22 @@ class GpuAugment:
     def mix(self, x: Tensor, labels: Tensor, p: MixParams) -> tuple[Tensor, Tensor]:
         """Mix x in place with its partner (see `augment_ops.partner_index`); soft labels float32 [B, C]."""
         partner = ops.partner_index(x.shape[0], x.device)
-        one_hot = F.one_hot(labels, self.num_classes).float()  # [B, C]
+        one_hot = losses.one_hot(labels, self.num_classes)  # [B, C] float32, by scatter_ (see losses.one_hot)
         targets = p.lam * one_hot + (1 - p.lam) * one_hot[partner]
         return ops.mix_(x, p.other_weight), targets
 
     # ------------------------------------------------------------------ helpers
 
     def _device_consts(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        if device not in self._consts:
-            self._consts[device] = (self._scale.to(device), self._shift.to(device))
-        return self._consts[device]
+        return self._cached("normalize", device, lambda: (self._scale, self._shift))
+
+    def _cached(self, key, device: torch.device, make):
+        """`make()` (host tensors) copied to `device` once: a host-to-device copy inside the step would sync."""
+        if (key, device) not in self._consts:
+            value = make()
+            moved = tuple(t.to(device) for t in value) if isinstance(value, tuple) else value.to(device)
+            self._consts[(key, device)] = moved
+        return self._consts[(key, device)]
 
 
 def _uniform(shape, lo: float, hi: float, device: torch.device) -> Tensor:

@@ -159,7 +159,7 @@ def _shift_hue(x: Tensor, shift: Tensor) -> Tensor:
     h = torch.remainder(h + 6.0 * shift[:, None, None], 6.0)
     s = chroma / torch.where(v > 0, v, torch.ones_like(v))
     # HSV -> RGB in closed form: channel n (R=5, G=3, B=1) = v - v*s*clamp(min(k, 4-k), 0, 1), k = (n + h) mod 6
-    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    n = torch.arange(5.0, 0.0, -2.0, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)  # [5, 3, 1], made on the device
     k = torch.remainder(n + h[:, None], 6.0)
     return v[:, None] - (v * s)[:, None] * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
 

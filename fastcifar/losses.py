@@ -25,6 +25,20 @@ from fastcifar.heads import MARGIN_HEADS
 Criterion = Callable[[Tensor, Tensor], Tensor]
 
 
+def one_hot(labels: Tensor, num_classes: int) -> Tensor:
+    """float32 [B, C] with a 1 at each label, by `scatter_`: never reads the labels on the host.
+
+    `F.one_hot` checks the label range with `.item()` on the CPU (and on CUDA when num_classes is not given;
+    with it, CUDA relies on scatter's device assert). One code path that never syncs keeps the hot path
+    the same everywhere, and keeps the CPU host-sync test (tests/test_host_sync.py) meaningful.
+
+    Args:
+        labels: int64 [B] in [0, num_classes) (out of range: a device-side index error, as in any gather).
+    """
+    out = torch.zeros(labels.shape[0], num_classes, dtype=torch.float32, device=labels.device)
+    return out.scatter_(1, labels[:, None], 1.0)
+
+
 def arcface_phi(cos: Tensor, m: float, easy_margin: bool = False) -> Tensor:
     """cos(theta + m) for cos = cos(theta), elementwise, with the usual fix where theta + m would pass pi.
 
@@ -67,7 +81,7 @@ class MarginCrossEntropy:
 
     def __call__(self, logits: Tensor, targets: Tensor) -> Tensor:
         cos = (logits.float() / self.s).clamp(-1.0, 1.0)  # [B, C]
-        weight = targets.float() if targets.is_floating_point() else F.one_hot(targets, cos.shape[1]).float()  # [B, C]
+        weight = targets.float() if targets.is_floating_point() else one_hot(targets, cos.shape[1])  # [B, C]
         if self.kind == "arcface":
             phi = arcface_phi(cos, self.m, self.easy_margin)
         else:

@@ -114,7 +114,9 @@ def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int
         int64 [C, C] on the input's device; row = true class, column = prediction.
     """
     flat = labels.long() * num_classes + preds.long()  # [N] in [0, C*C)
-    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
+    # scatter_add_ into a static [C*C]: bincount would read max(flat) on the host to size its output (a sync on CUDA)
+    counts = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=flat.device)
+    return counts.scatter_add_(0, flat, torch.ones_like(flat)).view(num_classes, num_classes)
 
 
 def most_confused(cm: torch.Tensor, class_names: list[str], k: int = 10) -> list[dict]:
