@@ -107,9 +107,9 @@ def compile_model(model: nn.Module, cfg: Config, graphs: int) -> None:
 
     `dynamic=False`: every input shape gets its own specialised graph and no shape ever becomes symbolic
     (automatic dynamic shapes would turn the second multi-scale side or a partial batch into a slower symbolic
-    graph). Dynamo's per-function recompile limit (8 by default) is raised to `graphs` when the run needs more,
-    and hitting it fails loudly (`fastcifar.engine.build.recompile_error` says what to do) instead of silently
-    falling back to eager. Dynamo's caches are reset first, so a benchmark cell or a second run in one process
+    graph). Dynamo's recompile limit per module (8 by default) is set to exactly `graphs`, and reaching it fails
+    loudly (the trainer turns it into `recompile_error`'s sentence) instead of silently running the rest of the
+    run eagerly: a shape nobody planned for is a bug to see, not a slowdown to guess at. Dynamo's caches are reset first, so a benchmark cell or a second run in one process
     compiles from scratch and its warm-up counts the compilation.
 
     Args:
@@ -121,7 +121,7 @@ def compile_model(model: nn.Module, cfg: Config, graphs: int) -> None:
 
     torch._dynamo.reset()
     config = torch._dynamo.config
-    config.recompile_limit = max(config.recompile_limit, graphs)
+    config.recompile_limit = graphs
     config.fail_on_recompile_limit_hit = True  # never a silent fall back to eager for the rest of the run
     model.compile(mode=cfg.train.compile_mode, dynamic=False, backend=COMPILE_BACKEND)
 
