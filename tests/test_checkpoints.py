@@ -44,13 +44,18 @@ def test_save_every_writes_last_pt_on_its_epochs_and_always_the_last(root, tmp_p
 
     written = []
     real = checkpoint.save_checkpoint
-    monkeypatch.setattr(checkpoint, "save_checkpoint", lambda state, path: (written.append((path.name, state["epoch"])), real(state, path)))
+    def recording(state, path):
+        written.append((path.name, state["epoch"]))
+        real(state, path)
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", recording)
     run_tiny(root, tmp_path, train={"epochs": 5, "save_every": 2})
     assert [epoch for name, epoch in written if name == "last.pt"] == [1, 3, 4]
 
 
 def test_snapshot_is_a_copy_that_training_cannot_change():
-    live = {"model": {"w": torch.ones(3)}, "optimizer": {"state": {0: {"step": torch.tensor(1.0)}}, "groups": [{"lr": 0.1}]}}
+    live = {"model": {"w": torch.ones(3)},
+            "optimizer": {"state": {0: {"step": torch.tensor(1.0)}}, "groups": [{"lr": 0.1}]}}
     copy = snapshot(live)
     live["model"]["w"].add_(1)  # what the next optimizer step does to the live tensors, in place
     live["optimizer"]["state"][0]["step"] += 1
@@ -70,7 +75,8 @@ def test_a_failed_checkpoint_write_stops_training_and_keeps_the_previous_last_pt
         real(state, path)
 
     monkeypatch.setattr(atomic, "torch_save", disk_full_at_epoch_1)
-    with pytest.raises(FastcifarError, match=r"Writing checkpoint '.*last\.pt' failed \(No space left on device\), so training stopped"):
+    message = r"Writing checkpoint '.*last\.pt' failed \(No space left on device\), so training stopped"
+    with pytest.raises(FastcifarError, match=message):
         run_tiny(root, tmp_path, train={"epochs": 4})
     (run,) = tmp_path.iterdir()
     assert load_checkpoint(run, "last.pt")["epoch"] == 0  # the previous commit point, whole

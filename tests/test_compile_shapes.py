@@ -17,7 +17,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # 448 training images after a 64-image val split at batch 64 (drop_last): full batches only. The 64 val images
 # are one partial eval batch of the 256-image eval batch size; the 256 test images one full batch.
-SECTIONS = dict(data={"val_split": 64}, augment={"image_size": 32, "scales": [24, 40]}, train={"epochs": 2, "compile": True})
+SECTIONS = dict(data={"val_split": 64}, augment={"image_size": 32, "scales": [24, 40]},
+                train={"epochs": 2, "compile": True})
 
 
 @pytest.fixture
@@ -65,6 +66,7 @@ def test_an_unplanned_shape_stops_the_run_with_one_sentence(prepared_root, tmp_p
 
     root = prepared_root("cifar10", ("npy",))
     monkeypatch.setattr(trainer, "graph_count", lambda cfg, eval_compiled: 2)  # forgets the eval graph
-    with pytest.raises(FastcifarError, match=r"torch.compile reached its limit of 2 static graphs.*train.compile: false"):
+    message = r"torch.compile reached its limit of 2 static graphs.*train.compile: false"
+    with pytest.raises(FastcifarError, match=message):
         run_tiny(root, tmp_path, **SECTIONS)
     assert len(graphs) == 2  # both training sides compiled, then the eval shape was refused, not run eagerly

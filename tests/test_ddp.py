@@ -47,7 +47,8 @@ def test_two_process_gloo_run_matches_the_single_process_band(prepared_root, tmp
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), json.dumps(to_dict(cfg)), str(tmp_path)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+               json.dumps(to_dict(cfg)), str(tmp_path)]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -80,6 +81,7 @@ def test_two_process_gloo_run_matches_the_single_process_band(prepared_root, tmp
 
     best = next(r for r in records if r["epoch"] == summary["best_epoch"])
     again = evaluate(run, device="cpu")
-    assert (again["acc"], again["top5"]) == (best["test_acc"], best["test_top5"]) and again["acc"] == summary["best_acc"]
+    assert (again["acc"], again["top5"]) == (best["test_acc"], best["test_top5"])
+    assert again["acc"] == summary["best_acc"]
     assert again["loss"] == pytest.approx(best["test_loss"], rel=1e-6)
 

@@ -32,6 +32,6 @@ def test_packaged_config_builds_and_steps_on_cpu(name, prepared_root):
 
     model = build_model_on(cfg, info.num_classes, torch.device("cpu"), pretrained=False)
     model.train()
-    with torch.autocast("cpu", dtype=x.dtype, enabled=x.dtype != torch.float32):  # x is in the AMP dtype, as in training
+    with torch.autocast("cpu", dtype=x.dtype, enabled=x.dtype != torch.float32):  # x is in the AMP dtype
         loss = build_criterion(cfg)(model(x[:2]), targets[:2])
     assert torch.isfinite(loss)

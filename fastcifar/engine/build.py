@@ -31,9 +31,11 @@ COMPILE_BACKEND = "inductor"
 def set_backend_flags() -> None:
     """cuDNN autotuning and TF32 matmuls, set the same way on every device (trainer and benchmark alike).
 
-    One rule rather than "on CUDA only": both flags only change CUDA kernels (no CPU kernel reads them), so setting
-    them unconditionally costs nothing on a CPU and the CPU golden runs are unchanged. Autotuning suits fastcifar
-    because training shapes are static (drop_last, padded eval batches, one graph per multi-scale side).
+    One rule rather than "on CUDA only", so a CPU benchmark measures the trainer's settings too. cuDNN is CUDA
+    only; "high" float32 matmul precision means TF32 on Ampere+ GPUs, and lets oneDNN use TF32 on the few CPUs
+    that have it (on the 2-core EPYC this project tests on, CPU results are bit-identical either way, and the
+    golden runs were recorded with it set). Autotuning suits fastcifar because training shapes are static
+    (drop_last, padded eval batches, one graph per multi-scale side).
     """
     torch.backends.cudnn.benchmark = True
     torch.set_float32_matmul_precision("high")  # TF32 for float32 matmuls / convs on Ampere and newer
@@ -67,7 +69,7 @@ def train_input(cfg: Config, info, device: torch.device, rank: int = 0, world_si
 
 
 def eval_augment(cfg: Config, info):
-    """GpuAugment whose `eval_batch` resizes to `augment.image_size` and normalizes, in the AMP dtype (no randomness)."""
+    """GpuAugment whose `eval_batch` resizes to `augment.image_size` and normalizes in the AMP dtype (no randomness)."""
     from fastcifar.augment import GpuAugment
 
     return GpuAugment(cfg.augment, info.mean, info.std, info.num_classes, out_dtype=input_dtype(cfg.train.amp))
@@ -109,8 +111,8 @@ def compile_model(model: nn.Module, cfg: Config, graphs: int) -> None:
     (automatic dynamic shapes would turn the second multi-scale side or a partial batch into a slower symbolic
     graph). Dynamo's recompile limit per module (8 by default) is set to exactly `graphs`, and reaching it fails
     loudly (the trainer turns it into `recompile_error`'s sentence) instead of silently running the rest of the
-    run eagerly: a shape nobody planned for is a bug to see, not a slowdown to guess at. Dynamo's caches are reset first, so a benchmark cell or a second run in one process
-    compiles from scratch and its warm-up counts the compilation.
+    run eagerly: a shape nobody planned for is a bug to see, not a slowdown to guess at. Dynamo's caches are reset
+    first, so a benchmark cell or a second run in one process compiles from scratch and its warm-up counts that.
 
     Args:
         model: the plain module (compile first, DDP-wrap second: PyTorch's "Where to apply torch.compile?").
@@ -170,8 +172,8 @@ def model_from_checkpoint(state: dict, source: str, device: torch.device, channe
 
     cfg = from_dict(state["config"])
     if num_classes is not None and int(state["num_classes"]) != num_classes:
-        raise FastcifarError(f"Checkpoint '{source}' predicts {state['num_classes']} classes but {num_classes} are needed; "
-                             "use a run trained on the same dataset and data.label.")
+        raise FastcifarError(f"Checkpoint '{source}' predicts {state['num_classes']} classes but {num_classes} are "
+                             "needed; use a run trained on the same dataset and data.label.")
     if channels_last is not None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, channels_last=channels_last))
     model = build_model_on(cfg, int(state["num_classes"]), torch.device("cpu"), pretrained=False)

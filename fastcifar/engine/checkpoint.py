@@ -162,8 +162,9 @@ class CheckpointWriter:
             path, error = self._error
             self._error = None
             reason = f"{error.strerror or error}" if isinstance(error, OSError) else f"{type(error).__name__}: {error}"
-            raise FastcifarError(f"Writing checkpoint '{path}' failed ({reason}), so training stopped; the previous {path.name} "
-                                 f"is intact: free space (or fix the folder's permissions) and resume with `fastcifar train --resume {path.parent}`.")
+            raise FastcifarError(f"Writing checkpoint '{path}' failed ({reason}), so training stopped; the previous "
+                                 f"{path.name} is intact: free space (or fix the folder's permissions) and resume with "
+                                 f"`fastcifar train --resume {path.parent}`.")
         return waited
 
     def close(self) -> None:

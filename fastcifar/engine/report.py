@@ -59,15 +59,21 @@ def announce(console: Console, f: RunFacts, run_dir: Path, start_epoch: int, res
     verb = f"resuming at epoch {start_epoch + 1}" if resumed else "training"
     c.rule(f"[bold]{cfg.name}[/]: {verb}")
     c.print(f"run dir   {run_dir}")
-    label = f"{cfg.data.dataset} ({cfg.data.label}, {f.num_classes} classes)" if cfg.data.dataset == "cifar100" else cfg.data.dataset
-    c.print(f"data      {label}, loader {cfg.data.loader}, batch {cfg.data.batch_size} x {f.world_size} process(es), {f.steps_per_epoch} steps/epoch")
+    data = cfg.data
+    label = f"{data.dataset} ({data.label}, {f.num_classes} classes)" if data.dataset == "cifar100" else data.dataset
+    c.print(f"data      {label}, loader {data.loader}, batch {data.batch_size} x {f.world_size} process(es), "
+            f"{f.steps_per_epoch} steps/epoch")
     splits = ", ".join(f"{name} {count}" for name, count in f.eval_counts.items())
     c.print(f"eval      {splits} images (gpu loader), select on {f.select_metric}{', flip TTA' if cfg.train.tta else ''}")
-    c.print(f"model     {cfg.model.name} ({cfg.model.head} head) at {cfg.augment.image_size} px on {f.device}, amp {cfg.train.amp}, compile {'on (' + cfg.train.compile_mode + ')' if cfg.train.compile else 'off'}")
+    compiled = f"on ({cfg.train.compile_mode})" if cfg.train.compile else "off"
+    c.print(f"model     {cfg.model.name} ({cfg.model.head} head) at {cfg.augment.image_size} px on {f.device}, "
+            f"amp {cfg.train.amp}, compile {compiled}")
     if f.distill:
-        c.print(f"distill   teacher {cfg.distill.teacher} at {cfg.distill.teacher_image_size} px, T={cfg.distill.temperature}, alpha={cfg.distill.alpha}")
+        kd = cfg.distill
+        c.print(f"distill   teacher {kd.teacher} at {kd.teacher_image_size} px, T={kd.temperature}, alpha={kd.alpha}")
     if f.synthetic:
-        c.print("[bold black on yellow] SYNTHETIC DATA [/] this dataset is a generated stand-in: its accuracy says nothing about CIFAR.")
+        c.print("[bold black on yellow] SYNTHETIC DATA [/] this dataset is a generated stand-in: "
+                "its accuracy says nothing about CIFAR.")
 
 
 def print_epoch(console: Console, f: RunFacts, r: dict, improved: bool) -> None:
@@ -124,7 +130,8 @@ def write_final(console: Console, run_dir: Path, f: RunFacts, out: Outcome, reco
         best_eval: `{split}_acc` etc. re-measured with best.pt.
     """
     pairs = write_confusion(confusion, f.class_names, run_dir, split)
-    plot_confusion(confusion, f.class_names, run_dir / "confusion.png", title=f"{f.cfg.name}: {split} split, best epoch {out.best_epoch + 1}")
+    title = f"{f.cfg.name}: {split} split, best epoch {out.best_epoch + 1}"
+    plot_confusion(confusion, f.class_names, run_dir / "confusion.png", title=title)
     plot_curves(records, run_dir / "curves.png")
     best = next((r for r in records if r["epoch"] == out.best_epoch), {})
     rates = [r["img_per_s"] for r in records if r.get("img_per_s")]
@@ -160,7 +167,8 @@ def write_final(console: Console, run_dir: Path, f: RunFacts, out: Outcome, reco
     console.print(
         f"[bold]best[/] {f.select_metric} {out.best_value:.4g} at epoch {out.best_epoch + 1}"
         + (f" ({split} acc {acc:.2%})" if acc is not None else "")
-        + f"; {summary['epochs_done']} epochs in {out.wall_s:.1f}s (checkpoints {out.ckpt_s:.1f}s); results in {run_dir}"
+        + f"; {summary['epochs_done']} epochs in {out.wall_s:.1f}s (checkpoints {out.ckpt_s:.1f}s)"
+        + f"; results in {run_dir}"
         + ("  [bold black on yellow] SYNTHETIC DATA [/]" if f.synthetic else ""),
         soft_wrap=True,
     )

@@ -1,7 +1,8 @@
 """`train(cfg, resume=None, progress=True) -> run dir`: setup, the epoch loop, checkpoints, the final report.
 
 Reading order: `train` -> `Trainer.__init__` (data, model, optimization, tracking) -> `fit` -> `_epoch`
--> `_train_epoch` / `_evaluate` -> `_snapshot` (written by a background thread) -> `_finish`. Step and eval math live in `step.py`.
+-> `_train_epoch` / `_evaluate` -> `_snapshot` (written by a background thread) -> `_finish`.
+Step and eval math live in `step.py`; the parts are assembled by `build.py`.
 """
 
 from __future__ import annotations
@@ -145,8 +146,9 @@ class Trainer:
         self.log = MetricsLog(self.run_dir, FIELDS)
         self.writer = CheckpointWriter()  # rank 0 writes best.pt / last.pt on a background thread
         self.facts = report.RunFacts(
-            cfg=cfg, num_classes=self.data.num_classes, class_names=self.data.class_names, synthetic=self.data.synthetic,
-            device=str(device), world_size=dist.world_size, steps_per_epoch=len(self.train_loader),
+            cfg=cfg, num_classes=self.data.num_classes, class_names=self.data.class_names,
+            synthetic=self.data.synthetic, device=str(device), world_size=dist.world_size,
+            steps_per_epoch=len(self.train_loader),
             eval_counts=self.eval_counts, select_metric=self.selector.metric, distill=self.teacher is not None,
         )
 
@@ -169,12 +171,12 @@ class Trainer:
         """weights_follow: a checkpoint (resume / init_from) overwrites every weight, so hub or file weights
         are not fetched first (a resume must work offline and after the weights file has moved)."""
         cfg, device = self.cfg, self.device
-        self.model = build_model_on(cfg, self.data.num_classes, device, pretrained=not weights_follow)  # the plain module
+        self.model = build_model_on(cfg, self.data.num_classes, device, pretrained=not weights_follow)  # plain module
         if cfg.train.init_from:  # weights only (best.pt holds them); optimizer, schedule and epoch start fresh
             load_run_weights(self.model, load_checkpoint(cfg.train.init_from), cfg.train.init_from)
         self.ema = ModelEma(self.model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None  # before compile: a plain deep copy
         self.eval_model = self.ema.module if self.ema else self.model
-        # Pad partial eval batches only when evaluation runs through the compiled graph (no EMA); eager needs no padding.
+        # Partial eval batches are padded only when evaluation runs the compiled graph (no EMA); eager needs none.
         self.eval_pad = cfg.data.eval_batch_size if cfg.train.compile and self.ema is None else None
         if cfg.train.compile:  # in place: checkpoints, EMA and eval keep using self.model
             compile_model(self.model, cfg, graph_count(cfg, eval_compiled=self.eval_pad is not None))
@@ -384,7 +386,7 @@ class Trainer:
         if not (improved or save_last):
             return [], 0.0
         start = time.perf_counter()
-        rngs = gather_object(rng_state()) if save_last else None  # every rank's RNG: a resumed DDP run draws what each would
+        rngs = gather_object(rng_state()) if save_last else None  # every rank's: a resumed DDP run draws what each would
         if not self.dist.main:
             return [], time.perf_counter() - start
         self.writer.join()  # one write in flight at most, and its failure stops training here
@@ -402,8 +404,9 @@ class Trainer:
                 "scaler": self.scaler.state_dict(),
                 "early_stop": self.stopper.state_dict(),
             })
-            files.append(({**common, **rest, "ema_updates": self.ema.updates if self.ema is not None else 0, "rng": rngs,
-                           "warmup_s": self.first_warmup_s, "resumes": self.resumes}, self.run_dir / LAST))
+            progress = {"ema_updates": self.ema.updates if self.ema is not None else 0, "rng": rngs,
+                        "warmup_s": self.first_warmup_s, "resumes": self.resumes}
+            files.append(({**common, **rest, **progress}, self.run_dir / LAST))
         return files, time.perf_counter() - start
 
     def _finish(self) -> None:
@@ -421,8 +424,9 @@ class Trainer:
             raise recompile_error() from None
         if self.dist.main:
             outcome = report.Outcome(
-                best_epoch=self.selector.best_epoch, best_value=self.selector.best, stopped_epoch=self.stopper.stopped_epoch,
-                wall_s=self.wall_s, ckpt_s=self.ckpt_s, first_warmup_s=self.first_warmup_s, resumes=self.resumes,
+                best_epoch=self.selector.best_epoch, best_value=self.selector.best,
+                stopped_epoch=self.stopper.stopped_epoch, wall_s=self.wall_s, ckpt_s=self.ckpt_s,
+                first_warmup_s=self.first_warmup_s, resumes=self.resumes,
             )
             report.write_final(self.console, self.run_dir, self.facts, outcome, self.log.records(), split,
                                self.confusion[split], best)
