@@ -83,3 +83,13 @@ def test_a_failed_checkpoint_write_stops_training_and_keeps_the_previous_last_pt
     assert not list(run.glob(".tmp-*"))  # the torn temp file is gone
     # epoch 2 noticed the failure when it came to save, before logging: training stopped there, not at epoch 4
     assert len((run / "metrics.csv").read_text().splitlines()) == 1 + 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_snapshot_of_cuda_tensors_is_a_pinned_host_copy():
+    live = {"w": torch.arange(6.0, device="cuda").view(2, 3).t(), "n": torch.tensor(3, device="cuda")}  # non-contiguous
+    copy = snapshot(live)
+    live["w"].add_(1)
+    assert copy["w"].device.type == "cpu" and copy["w"].is_pinned() and copy["w"].tolist() == [[0, 3], [1, 4], [2, 5]]
+    assert int(copy["n"]) == 3
