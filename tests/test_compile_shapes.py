@@ -70,3 +70,15 @@ def test_an_unplanned_shape_stops_the_run_with_one_sentence(prepared_root, tmp_p
     with pytest.raises(FastcifarError, match=message):
         run_tiny(root, tmp_path, **SECTIONS)
     assert len(graphs) == 2  # both training sides compiled, then the eval shape was refused, not run eagerly
+
+
+def test_graph_count_plans_one_graph_per_shape_and_says_when_it_exceeds_dynamos_default():
+    from tiny_run import tiny_config
+
+    cfg = tiny_config("/nowhere", "/nowhere", augment={"scales": [24, 32, 40]})
+    assert build.graph_count(cfg, eval_compiled=True) == 3 + 1
+    assert build.graph_count(cfg, eval_compiled=False) == 3
+    ragged = tiny_config("/nowhere", "/nowhere", data={"drop_last": False})  # a last, smaller training batch
+    assert build.graph_count(ragged, eval_compiled=True) == 2 + 1
+    assert build.graph_note(8) is None
+    assert "raised from 8 to 11" in build.graph_note(11)

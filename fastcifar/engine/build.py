@@ -26,6 +26,7 @@ from fastcifar.errors import FastcifarError
 # torch.compile backend of every compiled model. The tests that count graphs swap in "aot_eager" (same dynamo
 # tracing and guards, no inductor code generation: seconds instead of minutes on a CPU).
 COMPILE_BACKEND = "inductor"
+DYNAMO_RECOMPILE_LIMIT = 8  # torch._dynamo.config.recompile_limit's default: graphs per module before it gives up
 
 
 def set_backend_flags() -> None:
@@ -126,6 +127,15 @@ def compile_model(model: nn.Module, cfg: Config, graphs: int) -> None:
     config.recompile_limit = graphs
     config.fail_on_recompile_limit_hit = True  # never a silent fall back to eager for the rest of the run
     model.compile(mode=cfg.train.compile_mode, dynamic=False, backend=COMPILE_BACKEND)
+
+
+def graph_note(graphs: int) -> str | None:
+    """The one line a run prints when it needs more static graphs than dynamo allows by default, else None."""
+    if graphs <= DYNAMO_RECOMPILE_LIMIT:
+        return None
+    return (f"compile   {graphs} static graphs (one per multi-scale side and batch shape, one for evaluation): "
+            f"torch._dynamo's recompile limit raised from {DYNAMO_RECOMPILE_LIMIT} to {graphs}; "
+            "each compiles on first use.")
 
 
 def recompile_error() -> FastcifarError:

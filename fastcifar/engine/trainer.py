@@ -22,6 +22,7 @@ from fastcifar.engine.build import (
     compile_model,
     eval_augment,
     graph_count,
+    graph_note,
     load_run_weights,
     optimizer_and_scaler,
     recompile_error,
@@ -179,7 +180,10 @@ class Trainer:
         # Partial eval batches are padded only when evaluation runs the compiled graph (no EMA); eager needs none.
         self.eval_pad = cfg.data.eval_batch_size if cfg.train.compile and self.ema is None else None
         if cfg.train.compile:  # in place: checkpoints, EMA and eval keep using self.model
-            compile_model(self.model, cfg, graph_count(cfg, eval_compiled=self.eval_pad is not None))
+            graphs = graph_count(cfg, eval_compiled=self.eval_pad is not None)
+            compile_model(self.model, cfg, graphs)
+            if note := graph_note(graphs):
+                self.console.print(note, soft_wrap=True)
         self.train_model = wrap_model(self.model, self.dist, device)
         self.teacher = load_teacher(cfg, self.data.num_classes, device) if cfg.distill.teacher else None
 
