@@ -228,3 +228,29 @@ def test_padding_the_last_eval_batch_keeps_every_sum_bit_exact(tta):
     assert int(padded["count"]) == 300 and int(padded["confusion"].sum()) == 300
     for key in plain:
         assert torch.equal(plain[key], padded[key]), key
+
+
+def test_a_padded_eval_batch_keeps_the_loader_memory_format():
+    """Dynamo guards on strides too: a padded batch must look exactly like a full one (channels_last uint8)."""
+    from contextlib import nullcontext
+
+    from fastcifar.engine.step import eval_pass
+
+    seen = []
+
+    def prepare(images):
+        seen.append((tuple(images.shape), images.stride()))
+        return images.float()
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(3, 4))
+
+        def forward(self, x):
+            return x.mean((2, 3)) @ self.w
+
+    images = torch.zeros(10, 3, 8, 8, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    labels = torch.zeros(10, dtype=torch.int64)
+    eval_pass(Tiny(), [(images[:8], labels[:8]), (images[8:], labels[8:])], prepare, nullcontext(), 4, pad_to=8)
+    assert seen[0] == seen[1] == ((8, 3, 8, 8), (192, 1, 24, 3))  # NHWC strides for both

@@ -126,7 +126,9 @@ def eval_pass(
     for images, labels in loader:
         n = labels.shape[0]  # real rows of this batch
         if pad_to is not None and n < pad_to:
-            images = torch.cat([images, images.new_zeros((pad_to - n, *images.shape[1:]))])  # [pad_to, 3, H, W] uint8
+            padded = images.new_zeros((pad_to, *images.shape[1:])).contiguous(memory_format=torch.channels_last)
+            padded[:n].copy_(images)  # [pad_to, 3, H, W] uint8, channels_last like every loader batch (same strides)
+            images = padded
         x = prepare(images)  # [B, 3, S, S] float, channels_last
         if tta:  # image and mirror in ONE forward: a second call of a CUDA-graphed model would overwrite the first output
             x = torch.cat([x, torch.flip(x, dims=[3])])  # [2B, 3, S, S], the mirror flipped along W
