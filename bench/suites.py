@@ -140,15 +140,12 @@ class Pipeline:
     dtype (float32 without AMP), targets int64 [B]) on the device: exactly what the train step consumes."""
 
     def __init__(self, cfg: Config, info, device: torch.device) -> None:
-        from fastcifar.augment import GpuAugment
-        from fastcifar.loaders import build_loader, remaining_augment
+        from fastcifar.engine.build import train_input
 
-        self.loader = build_loader(cfg, "train", train=True, device=device)
+        # the trainer's own assembly: ops the library already ran natively (native_augment) are off in the augment
+        self.loader, self.augment = train_input(cfg, info, device)
         self.on_device_ops = not self.loader.per_image_ops_done
         self.native_ops = sorted(getattr(self.loader, "native_ops", ()))  # e.g. ["crop", "hflip"] with native_augment
-        # ops the library already ran natively (native_augment) are switched off here, never run twice
-        self.augment = GpuAugment(remaining_augment(cfg.augment, self.loader), info.mean, info.std, info.num_classes,
-                                  per_image_ops=self.on_device_ops, out_dtype=input_dtype(cfg.train.amp))
         self._batches = _endless(self.loader)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,28 +169,24 @@ def _check_ready(x: torch.Tensor, batch_size: int, image_size: int, dtype: torch
 
 class TrainStep:
     """The trainer's step (`fastcifar.engine.step.train_step`): forward under autocast, loss, backward with a
-    GradScaler (enabled for fp16 only), optimizer step, on a model built like the trainer builds it: channels_last
-    on `device`, compiled when `cfg.train.compile`. The ceiling and the end-to-end rows run this same step.
+    GradScaler (enabled for fp16 only), optimizer step, on a model built by the trainer's builders
+    (`fastcifar.engine.build`): channels_last on `device`, compiled with the same flags when `cfg.train.compile`.
+    The ceiling and the end-to-end rows run this same step.
     """
 
     def __init__(self, cfg: Config, num_classes: int, device: torch.device) -> None:
-        from fastcifar.engine.optim import build_optimizer
+        from fastcifar.engine.build import build_model_on, compile_model, optimizer_and_scaler, set_backend_flags
         from fastcifar.engine.step import make_objective
         from fastcifar.losses import build_criterion
-        from fastcifar.models import build_model
 
-        memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
-        self.model = build_model(cfg.model, num_classes).to(device=device, memory_format=memory_format)
+        set_backend_flags()  # the trainer's cuDNN / TF32 settings, so the ceiling is the trainer's ceiling
+        self.model = build_model_on(cfg, num_classes, device)
         self.model.train()
-        if cfg.train.compile:  # in place, as the trainer does; compilation itself happens in the first step
-            # A fresh dynamo state per cell: otherwise the next image size reuses the cache, recompiles with
-            # dynamic shapes (not the static graph a training run gets) and hides compile time from warm-up.
-            torch._dynamo.reset()
-            self.model.compile(mode=cfg.train.compile_mode, dynamic=False)
-        self.optimizer = build_optimizer(self.model, cfg.optim, device)
+        if cfg.train.compile:  # the trainer's compile: static shapes, fresh dynamo caches (compile time stays in warm-up)
+            compile_model(self.model, cfg, graphs=1)  # one image size and batch size per cell
+        self.optimizer, self.scaler = optimizer_and_scaler(self.model, cfg, device)
         self.objective = make_objective(build_criterion(cfg))
         self.autocast = autocast(device, cfg.train.amp)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
         self.grad_clip = cfg.optim.grad_clip
 
     def __call__(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

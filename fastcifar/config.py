@@ -133,6 +133,7 @@ class TrainConfig:
     select_metric: str = "auto"  # metric for `best`: auto = val_acc if val_split else test_acc
     init_from: str | None = None  # load weights only (run dir or checkpoint)
     eval_every: int = 1  # epochs between evaluations
+    save_every: int = 1  # epochs between writes of last.pt (always after the last epoch); best.pt on every improvement
     out_dir: str = "runs"  # run folders are created under this
 
 
@@ -253,6 +254,7 @@ RANGES = {
     "train.label_smoothing": (0.0, 1.0, True),
     "train.ema_decay": (0.0, 0.999999, True),
     "train.eval_every": (1, None, True),
+    "train.save_every": (1, None, True),
     "early_stop.patience": (0, None, True),
     "early_stop.min_delta": (0.0, None, True),
     "distill.teacher_image_size": (1, None, True),

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from tiny_run import tiny_config
 
@@ -20,11 +21,20 @@ WORKER = textwrap.dedent(
     import json, sys
     import torch
     torch.set_num_threads(1)  # two ranks on two cores
+    import hashlib, os
     from fastcifar.config import from_dict
-    from fastcifar.engine.trainer import train
+    from fastcifar.engine import trainer
 
-    run = train(from_dict(json.loads(sys.argv[1])), progress=False)
-    import os
+    real_evaluate = trainer.Trainer._evaluate
+
+    def evaluate(self, model, splits=None):  # log a digest of the buffers (BatchNorm statistics) each rank evaluates
+        flat = torch.cat([b.detach().double().flatten() for b in model.buffers()])
+        with open(os.path.join(sys.argv[2], f"buffers-{self.dist.rank}.txt"), "a") as f:
+            f.write(f"{self.step} {hashlib.sha1(flat.numpy().tobytes()).hexdigest()}\\n")
+        return real_evaluate(self, model, splits)
+
+    trainer.Trainer._evaluate = evaluate
+    run = trainer.train(from_dict(json.loads(sys.argv[1])), progress=False)
     print(f"RANK {os.environ['RANK']} RUN {run}", flush=True)
     """
 )
@@ -37,7 +47,8 @@ def test_two_process_gloo_run_matches_the_single_process_band(prepared_root, tmp
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), json.dumps(to_dict(cfg))]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+               json.dumps(to_dict(cfg)), str(tmp_path)]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -59,4 +70,18 @@ def test_two_process_gloo_run_matches_the_single_process_band(prepared_root, tmp
     assert len(state["rng"]) == 2  # one RNG state per rank: each rank draws its own augmentation
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
     assert not any(k.startswith("module.") for k in state["model"])  # DDP unwrapped before saving
+    # rank -> "step digest" of the evaluated model's buffers, one line per evaluation
+    digests = [(tmp_path / f"buffers-{rank}.txt").read_text().splitlines() for rank in (0, 1)]
+    assert len(digests[0]) == 4 + 1  # every epoch + the final re-score of best.pt
+    assert digests[0] == digests[1]  # the same BatchNorm statistics on both ranks, every time
+    # Every rank evaluated rank 0's BatchNorm statistics (synchronised before each evaluation and save), so one
+    # process re-scoring best.pt reproduces what the two ranks recorded together. The loss sums the same float32
+    # terms in another order (two shards all-reduced), hence approx; counts are exact.
+    from fastcifar.engine.evaluate import evaluate
+
+    best = next(r for r in records if r["epoch"] == summary["best_epoch"])
+    again = evaluate(run, device="cpu")
+    assert (again["acc"], again["top5"]) == (best["test_acc"], best["test_top5"])
+    assert again["acc"] == summary["best_acc"]
+    assert again["loss"] == pytest.approx(best["test_loss"], rel=1e-6)
 

@@ -197,3 +197,60 @@ def test_flip_tta_averages_the_softmax_of_image_and_mirror():
     assert int(sums["correct1"]) == int((mean_prob.argmax(1) == labels).sum())
     plain = eval_pass(model, [(x, labels)], lambda images: images, nullcontext(), 3, tta=False)
     assert float(plain["loss_sum"]) != pytest.approx(float(expected), rel=1e-3)
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_padding_the_last_eval_batch_keeps_every_sum_bit_exact(tta):
+    """A compiled model sees one static eval shape: the last, smaller batch is padded with zero images and the
+    padded rows are cut before any sum. The model sees only full batches; loss, top-1/top-5, count and the
+    confusion matrix equal the unpadded pass bit for bit (eval-mode rows are independent of each other)."""
+    from contextlib import nullcontext
+
+    import timm
+
+    from fastcifar.engine.step import eval_pass
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=10).eval().to(memory_format=torch.channels_last)
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    images = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (300,))
+    batches = [(images[:256], labels[:256]), (images[256:], labels[256:])]  # 256 + a partial batch of 44
+
+    def prepare(x):
+        return (x.float() / 255).contiguous(memory_format=torch.channels_last)
+
+    plain = eval_pass(model, batches, prepare, nullcontext(), 10, tta=tta)
+    seen.clear()
+    padded = eval_pass(model, batches, prepare, nullcontext(), 10, tta=tta, pad_to=256)
+    assert seen == ([512, 512] if tta else [256, 256])  # one static shape (image + mirror with TTA)
+    assert int(padded["count"]) == 300 and int(padded["confusion"].sum()) == 300
+    for key in plain:
+        assert torch.equal(plain[key], padded[key]), key
+
+
+def test_a_padded_eval_batch_keeps_the_loader_memory_format():
+    """Dynamo guards on strides too: a padded batch must look exactly like a full one (channels_last uint8)."""
+    from contextlib import nullcontext
+
+    from fastcifar.engine.step import eval_pass
+
+    seen = []
+
+    def prepare(images):
+        seen.append((tuple(images.shape), images.stride()))
+        return images.float()
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(3, 4))
+
+        def forward(self, x):
+            return x.mean((2, 3)) @ self.w
+
+    images = torch.zeros(10, 3, 8, 8, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    labels = torch.zeros(10, dtype=torch.int64)
+    eval_pass(Tiny(), [(images[:8], labels[:8]), (images[8:], labels[8:])], prepare, nullcontext(), 4, pad_to=8)
+    assert seen[0] == seen[1] == ((8, 3, 8, 8), (192, 1, 24, 3))  # NHWC strides for both

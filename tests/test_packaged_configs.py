@@ -6,17 +6,13 @@ Pretrained weights cannot be downloaded here, so models are built with `pretrain
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
-from fastcifar.augment import GpuAugment
 from fastcifar.config import load_config, packaged_configs
-from fastcifar.data.prepare import load_manifest
-from fastcifar.loaders import build_loader, remaining_augment
+from fastcifar.engine.build import build_model_on, train_input
+from fastcifar.engine.inputs import data_info
 from fastcifar.losses import build_criterion
-from fastcifar.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,19 +22,16 @@ def test_packaged_config_builds_and_steps_on_cpu(name, prepared_root):
     cfg = load_config(name, ["train.device=cpu", "data.workers=0", "data.batch_size=4"])
     root = prepared_root(cfg.data.dataset, ("npy",))
     cfg.data.root = str(root)
-    manifest = load_manifest(cfg.data.dataset, root)
-    num_classes = manifest["num_classes"]
+    info = data_info(cfg)
 
-    loader = build_loader(cfg, "train", train=True, device="cpu")
+    loader, augment = train_input(cfg, info, torch.device("cpu"))  # the trainer's and the bench's assembly
     images, labels = next(iter(loader))
     assert images.dtype == torch.uint8 and images.shape[:2] == (4, 3)
-
-    augment = GpuAugment(remaining_augment(cfg.augment, loader), manifest["mean"], manifest["std"], num_classes,
-                         per_image_ops=not loader.per_image_ops_done)
     x, targets = augment.train_batch(images, labels)
     assert x.shape == (4, 3, cfg.augment.image_size, cfg.augment.image_size)
 
-    model = build_model(dataclasses.replace(cfg.model, pretrained=False), num_classes)
+    model = build_model_on(cfg, info.num_classes, torch.device("cpu"), pretrained=False)
     model.train()
-    loss = build_criterion(cfg)(model(x[:2]), targets[:2])
+    with torch.autocast("cpu", dtype=x.dtype, enabled=x.dtype != torch.float32):  # x is in the AMP dtype
+        loss = build_criterion(cfg)(model(x[:2]), targets[:2])
     assert torch.isfinite(loss)

@@ -1,7 +1,9 @@
 """`kill -9` a training process, resume it, and get bit-for-bit the run that was never interrupted.
 
 The victim runs in a subprocess with a patched step (or checkpoint write) that SIGKILLs its own process:
-no cleanup, no atexit, exactly like an OOM kill or a pulled plug. The resumed run then continues in this
+no cleanup, no atexit, exactly like an OOM kill or a pulled plug. Checkpoints are written by a background
+thread while the next epoch trains, so one case kills the process from that thread halfway through writing
+last.pt's bytes. The resumed run then continues in this
 process from last.pt, and its final weights, optimizer state, EMA, best.pt and every non-timing metric
 must equal those of an uninterrupted run of the same config.
 """
@@ -36,10 +38,12 @@ SECTIONS = dict(
 
 VICTIM = textwrap.dedent(
     """
-    import json, os, signal, sys
+    import io, json, os, signal, sys
     import torch
     torch.set_num_threads(1)  # as the test process: same kernels, same float results
+    import fastcifar.engine.checkpoint as checkpoint
     import fastcifar.engine.trainer as trainer
+    from fastcifar import atomic
     from fastcifar.config import from_dict
 
     cfg = from_dict(json.loads(sys.argv[1]))
@@ -56,15 +60,23 @@ VICTIM = textwrap.dedent(
 
     if where == "step":  # SIGKILL at the start of optimizer step `at` (1-based), mid-epoch
         trainer.train_step = die_after(trainer.train_step, at)
-    else:  # SIGKILL instead of writing last.pt of epoch `at`: its metrics row (and maybe best.pt) is already written
-        real_save = trainer.save_checkpoint
+    else:  # in the writer thread, at last.pt of epoch `at`: its metrics row (and maybe best.pt) is already written
+        real_save = checkpoint.save_checkpoint
 
         def save(state, path):
             if state["epoch"] == at and str(path).endswith("last.pt"):
-                os.kill(os.getpid(), signal.SIGKILL)
+                if where == "writing":  # halfway through the bytes of the (atomic) temp file, then SIGKILL
+                    data = io.BytesIO()
+                    torch.save(state, data)
+                    with atomic.atomic_path(path) as tmp, open(tmp, "wb") as f:
+                        f.write(data.getvalue()[: len(data.getvalue()) // 2])
+                        f.flush()
+                        os.fsync(f.fileno())
+                        os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), signal.SIGKILL)  # before the first byte
             real_save(state, path)
 
-        trainer.save_checkpoint = save
+        checkpoint.save_checkpoint = save  # looked up by the writer thread at each write
     trainer.train(cfg, progress=False)
     print("NOT KILLED")
     """
@@ -91,21 +103,25 @@ def _kill_midway(cfg, where: str, at: int, tmp: Path) -> Path:
 
 
 @pytest.mark.parametrize(
-    "where, at, last_epoch_done",
+    "where, at, last_epoch_done, logged, save_every",
     [
-        ("step", STEPS + 3, 0),  # killed inside epoch 2 (0-based 1), mid-epoch: resume at epoch 1
-        ("checkpoint", 1, 0),  # killed while committing epoch 2 (0-based 1): logged, not checkpointed -> rerun, relog
+        ("step", STEPS + 3, 0, [0], 1),  # killed inside epoch 2 (0-based 1), mid-epoch: resume at epoch 1
+        ("checkpoint", 1, 0, [0, 1], 1),  # killed as the writer starts epoch 1's last.pt: logged, not saved -> rerun
+        ("writing", 1, 0, [0, 1], 1),  # killed halfway through writing epoch 1's last.pt: the old one stays whole
+        ("step", 2 * STEPS + 3, 1, [0, 1], 2),  # save_every 2: last.pt after epoch 1 only, resume at epoch 2
     ],
 )
-def test_kill9_then_resume_matches_an_uninterrupted_run(reference, tmp_path, where, at, last_epoch_done):
+def test_kill9_then_resume_matches_an_uninterrupted_run(reference, tmp_path, where, at, last_epoch_done, logged, save_every):
     root, ref_run = reference
-    cfg = tiny_config(root, tmp_path / "runs", **SECTIONS)
+    cfg = tiny_config(root, tmp_path / "runs", **{**SECTIONS, "train": {**SECTIONS["train"], "save_every": save_every}})
     run = _kill_midway(cfg, where, at, tmp_path)
     assert load_checkpoint(run, "last.pt")["epoch"] == last_epoch_done
-    logged = [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")]
-    assert logged == ([0] if where == "step" else [0, 1])  # the crash left epoch 1 logged in one case
+    assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == logged
+    torn = list(run.glob(".tmp-last*"))
+    assert len(torn) == (1 if where == "writing" else 0)  # the half-written temp file of the killed write
 
     assert train(None, resume=str(run), progress=False) == run
+    assert not list(run.glob(".tmp-*"))  # the resume cleared it
 
     ref, got = load_checkpoint(ref_run, "last.pt"), load_checkpoint(run, "last.pt")
     assert got["epoch"] == ref["epoch"] == 2 and got["step"] == ref["step"] == 3 * STEPS

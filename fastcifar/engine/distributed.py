@@ -83,7 +83,27 @@ def wrap_model(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Mod
     if not info.active:
         return model
     device_ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    # gradient_as_bucket_view: gradients are views into DDP's all-reduce buckets, not separate copies (one
+    # model's worth of memory and a copy per step saved; the optimizer reads the same values).
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
+
+
+def sync_buffers(*modules: nn.Module | None) -> None:
+    """Broadcast rank 0's buffers (BatchNorm running statistics, counters) to every rank, in place.
+
+    Parameters are identical on every rank (DDP all-reduces their gradients), but each rank's BatchNorm
+    statistics saw its own batches since DDP last broadcast them at the start of a forward, and an EMA copy
+    averages those. Rank 0's buffers are what its checkpoint stores, and DDP already treats them as the
+    reference (`broadcast_buffers`), so broadcasting them (rather than averaging, which would change what rank 0
+    saves) makes every rank evaluate exactly the model in best.pt / last.pt. A no-op in a single process.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for module in modules:
+        if module is None:
+            continue
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -6,17 +6,12 @@ import dataclasses
 import os
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
 from fastcifar.config import from_dict
-from fastcifar.engine.checkpoint import (
-    BEST,
-    eval_weights,
-    load_checkpoint,
-    resolve_checkpoint,
-)
+from fastcifar.engine.build import eval_augment, model_from_checkpoint
+from fastcifar.engine.checkpoint import BEST, load_checkpoint, resolve_checkpoint
 from fastcifar.engine.distributed import resolve_device
 from fastcifar.engine.inputs import data_info, eval_loader, split_indices
 from fastcifar.engine.precision import autocast
@@ -57,7 +52,7 @@ def evaluate(
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(root)))
     dev = resolve_device(device or "auto")
     info = data_info(cfg)
-    model = _load_model(cfg, state, info.num_classes, dev, str(path))
+    model = model_from_checkpoint(state, str(path), dev, num_classes=info.num_classes)
     if split == "val":
         indices = split_indices(cfg, info.train_count)[1]
         if indices is None:
@@ -65,9 +60,7 @@ def evaluate(
         data = eval_loader(cfg, "train", dev, indices, loader=loader or "gpu")
     else:
         data = eval_loader(cfg, split, dev, loader=loader or "gpu")
-    from fastcifar.augment import GpuAugment
-
-    prepare = GpuAugment(cfg.augment, info.mean, info.std, info.num_classes).eval_batch
+    prepare = eval_augment(cfg, info).eval_batch  # as the trainer evaluates: same resize, dtype and autocast
     sums = eval_pass(model, data, prepare, autocast(dev, cfg.train.amp), info.num_classes, tta=tta)
     scores = summarize_eval(sums, split)
     result = {
@@ -83,15 +76,6 @@ def evaluate(
     }
     _print(result, cfg.name, console or Console())
     return result
-
-
-def _load_model(cfg, state: dict, num_classes: int, device: torch.device, source: str) -> torch.nn.Module:
-    from fastcifar.models import build_model, load_weights
-
-    model = build_model(dataclasses.replace(cfg.model, pretrained=False), num_classes)  # weights come from the checkpoint
-    load_weights(model, eval_weights(state), source)
-    memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
-    return model.to(device, memory_format=memory_format).eval()
 
 
 def _print(r: dict, name: str, console: Console) -> None:

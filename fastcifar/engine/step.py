@@ -91,6 +91,7 @@ def eval_pass(
     autocast: AbstractContextManager,
     num_classes: int,
     tta: bool = False,
+    pad_to: int | None = None,
 ) -> dict[str, Tensor]:
     """Run `model` over every batch of `loader` and sum what top-1/top-5/loss need.
 
@@ -105,6 +106,10 @@ def eval_pass(
         autocast: as in training.
         num_classes: C.
         tta: horizontal-flip test-time augmentation.
+        pad_to: for a compiled model, the eval batch size: a smaller (last) batch is padded with zero images to
+            this many rows, so the model only ever sees one static shape (never a second graph, never a symbolic
+            one), and the padded rows are cut from the logits before anything is summed. The batch size is a
+            host-side shape, so this costs no device sync.
 
     Returns:
         On the device: loss_sum float64 [], correct1 / correct5 / count int64 [], confusion int64 [C, C]
@@ -119,6 +124,11 @@ def eval_pass(
     count = torch.zeros((), dtype=torch.int64, device=device)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     for images, labels in loader:
+        n = labels.shape[0]  # real rows of this batch
+        if pad_to is not None and n < pad_to:
+            padded = images.new_zeros((pad_to, *images.shape[1:])).contiguous(memory_format=torch.channels_last)
+            padded[:n].copy_(images)  # [pad_to, 3, H, W] uint8, channels_last like every loader batch (same strides)
+            images = padded
         x = prepare(images)  # [B, 3, S, S] float, channels_last
         if tta:  # image and mirror in ONE forward: a second call of a CUDA-graphed model would overwrite the first output
             x = torch.cat([x, torch.flip(x, dims=[3])])  # [2B, 3, S, S], the mirror flipped along W
@@ -128,11 +138,12 @@ def eval_pass(
         if tta:
             pair = log_probs.view(2, -1, log_probs.shape[1])  # [2, B, C]
             log_probs = torch.logsumexp(pair, dim=0) - math.log(2.0)  # log of the mean of the two softmaxes
+        log_probs = log_probs[:n]  # [n, C]: padded rows never reach a sum (a view; no-op without padding)
         loss_sum += F.nll_loss(log_probs, labels, reduction="sum").double()
         top = log_probs.topk(k, dim=1).indices  # [B, k]
         correct5 += (top == labels[:, None]).any(dim=1).sum()
         confusion += confusion_matrix(top[:, 0], labels, num_classes)
-        count += labels.numel()
+        count += n
     model.train(was_training)
     return {"loss_sum": loss_sum, "correct1": confusion.diagonal().sum(), "correct5": correct5, "count": count, "confusion": confusion}
 

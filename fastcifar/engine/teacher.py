@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from pathlib import Path
 
@@ -11,12 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastcifar.config import Config, from_dict
-from fastcifar.engine.checkpoint import (
-    BEST,
-    eval_weights,
-    load_checkpoint,
-    resolve_checkpoint,
-)
+from fastcifar.engine.build import model_from_checkpoint
+from fastcifar.engine.checkpoint import BEST, load_checkpoint, resolve_checkpoint
 from fastcifar.errors import FastcifarError
 
 
@@ -48,8 +43,6 @@ def load_teacher(cfg: Config, num_classes: int, device: torch.device) -> nn.Modu
     Raises:
         FastcifarError: no such teacher, or it predicts another number of classes than the student.
     """
-    from fastcifar.models import build_model, load_weights
-
     path = find_teacher(cfg.distill.teacher, cfg.train.out_dir)
     state = load_checkpoint(path)
     teacher_cfg = from_dict(state["config"])
@@ -58,12 +51,8 @@ def load_teacher(cfg: Config, num_classes: int, device: torch.device) -> nn.Modu
     if teacher_cfg.augment.image_size != cfg.distill.teacher_image_size:  # legal, but rarely what was meant
         warnings.warn(f"The teacher '{path}' was trained at {teacher_cfg.augment.image_size} px but distill.teacher_image_size "
                       f"is {cfg.distill.teacher_image_size}; it will score inputs of a size it never saw.", stacklevel=2)
-    # Weights come from the checkpoint: never download hub weights again for the teacher.
-    model_cfg = dataclasses.replace(teacher_cfg.model, pretrained=False)
-    teacher = build_model(model_cfg, num_classes)
-    load_weights(teacher, eval_weights(state), str(path))
-    memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
-    teacher = teacher.to(device, memory_format=memory_format).eval()
+    # Weights come from the checkpoint (best.pt holds them): hub weights are never downloaded again for the teacher.
+    teacher = model_from_checkpoint(state, str(path), device, channels_last=cfg.train.channels_last)
     teacher.requires_grad_(False)
     return teacher
 

@@ -1,30 +1,45 @@
 """`train(cfg, resume=None, progress=True) -> run dir`: setup, the epoch loop, checkpoints, the final report.
 
 Reading order: `train` -> `Trainer.__init__` (data, model, optimization, tracking) -> `fit` -> `_epoch`
--> `_train_epoch` / `_evaluate` -> `_save` -> `_finish`. Step and eval math live in `step.py`.
+-> `_train_epoch` / `_evaluate` -> `_snapshot` (written by a background thread) -> `_finish`.
+Step and eval math live in `step.py`; the parts are assembled by `build.py`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
 import torch
+import torch._dynamo.exc
 from rich.console import Console
 
-from fastcifar.augment import GpuAugment
+from fastcifar.atomic import TEMP_PREFIX
 from fastcifar.config import Config, apply_overrides, from_dict, to_dict
 from fastcifar.engine import report
+from fastcifar.engine.build import (
+    build_model_on,
+    compile_model,
+    eval_augment,
+    graph_count,
+    graph_note,
+    load_run_weights,
+    optimizer_and_scaler,
+    recompile_error,
+    set_backend_flags,
+    train_input,
+)
 from fastcifar.engine.checkpoint import (
     BEST,
+    BEST_KEYS,
     LAST,
+    CheckpointWriter,
     eval_weights,
     load_checkpoint,
     rng_state,
-    save_checkpoint,
     seed_everything,
     set_rng_state,
+    snapshot,
 )
 from fastcifar.engine.distributed import (
     DistInfo,
@@ -34,27 +49,26 @@ from fastcifar.engine.distributed import (
     cleanup,
     gather_object,
     init_distributed,
+    sync_buffers,
     wrap_model,
 )
 from fastcifar.engine.early_stop import EarlyStopper
 from fastcifar.engine.ema import ModelEma
 from fastcifar.engine.inputs import data_info, eval_loader, split_indices
 from fastcifar.engine.metrics import MetricsLog, TensorBoard
-from fastcifar.engine.optim import build_optimizer, build_scheduler
-from fastcifar.engine.precision import autocast, input_dtype, synchronize
+from fastcifar.engine.optim import build_scheduler
+from fastcifar.engine.precision import autocast, synchronize
 from fastcifar.engine.progress import EpochProgress
 from fastcifar.engine.run_dir import make_run_dir
 from fastcifar.engine.step import eval_pass, make_objective, summarize_eval, train_step
 from fastcifar.engine.teacher import load_teacher
 from fastcifar.errors import FastcifarError
-from fastcifar.loaders import build_loader
-from fastcifar.loaders.base import remaining_augment
 from fastcifar.losses import build_criterion
-from fastcifar.models import build_model, load_weights
 
 # Record keys that measure time: they differ between an interrupted-and-resumed run and an uninterrupted one.
-TIMING_KEYS = ("img_per_s", "data_wait", "train_s", "eval_s", "warmup_s", "loader_warmup_s", "wall_s")
-FIELDS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "test_loss", "test_acc", "test_top5", *TIMING_KEYS]
+TIMING_KEYS = ("img_per_s", "data_wait", "train_s", "eval_s", "ckpt_s", "warmup_s", "loader_warmup_s", "wall_s")
+FIELDS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "test_loss", "test_acc",
+          "test_top5", *TIMING_KEYS]
 
 
 # What may change when a run is resumed: where it runs and reads, not what it computes.
@@ -118,8 +132,7 @@ class Trainer:
         self.cfg, self.dist, self.device, self.progress = cfg, dist, device, progress
         self.console = Console(quiet=not dist.main, highlight=False)
         seed_everything(cfg.train.seed)  # same seed on every rank: identical initial weights (DDP checks)
-        torch.backends.cudnn.benchmark = True  # fixed shapes (drop_last): let cuDNN pick its fastest kernels
-        torch.set_float32_matmul_precision("high")  # TF32 matmuls on CUDA; no effect on CPU
+        set_backend_flags()
         self.autocast = autocast(device, cfg.train.amp)
         self.data = data_info(cfg)
         self._build_data()
@@ -132,13 +145,20 @@ class Trainer:
             self._restore(checkpoint)
         self.run_dir = run_dir if run_dir is not None else broadcast_object(make_run_dir(cfg) if dist.main else None)
         self.log = MetricsLog(self.run_dir, FIELDS)
+        self.writer = CheckpointWriter()  # rank 0 writes best.pt / last.pt on a background thread
+        self.facts = report.RunFacts(
+            cfg=cfg, num_classes=self.data.num_classes, class_names=self.data.class_names,
+            synthetic=self.data.synthetic, device=str(device), world_size=dist.world_size,
+            steps_per_epoch=len(self.train_loader),
+            eval_counts=self.eval_counts, select_metric=self.selector.metric, distill=self.teacher is not None,
+        )
 
     # ------------------------------------------------------------------------ setup
 
     def _build_data(self) -> None:
         cfg, dist, device = self.cfg, self.dist, self.device
         train_idx, val_idx = split_indices(cfg, self.data.train_count)
-        self.train_loader = build_loader(cfg, "train", train=True, device=device, rank=dist.rank, world_size=dist.world_size, indices=train_idx)
+        self.train_loader, self.augment = train_input(cfg, self.data, device, dist.rank, dist.world_size, train_idx)
         # Evaluation always reads through the `gpu` loader (see inputs.eval_loader): a fixed, exact pass.
         self.eval_loaders = {}
         if val_idx is not None:
@@ -146,35 +166,31 @@ class Trainer:
         self.eval_loaders["test"] = eval_loader(cfg, "test", device, None, dist.rank, dist.world_size)
         self.eval_counts = {"val": len(val_idx)} if val_idx is not None else {}
         self.eval_counts["test"] = self.data.test_count
-        d, out_dtype = self.data, input_dtype(cfg.train.amp)
-        aug = remaining_augment(cfg.augment, self.train_loader)  # minus what a native ffcv/dali pipeline already did
-        self.augment = GpuAugment(aug, d.mean, d.std, d.num_classes, per_image_ops=not self.train_loader.per_image_ops_done, out_dtype=out_dtype)
-        self.eval_augment = GpuAugment(cfg.augment, d.mean, d.std, d.num_classes, out_dtype=out_dtype)  # eval_batch: resize + normalize only
+        self.eval_augment = eval_augment(cfg, self.data)  # eval_batch: resize + normalize only
 
     def _build_model(self, weights_follow: bool) -> None:
         """weights_follow: a checkpoint (resume / init_from) overwrites every weight, so hub or file weights
         are not fetched first (a resume must work offline and after the weights file has moved)."""
         cfg, device = self.cfg, self.device
-        model_cfg = dataclasses.replace(cfg.model, pretrained=False) if weights_follow else cfg.model
-        model = build_model(model_cfg, self.data.num_classes)
-        if cfg.train.init_from:  # weights only; optimizer, schedule and epoch start fresh
-            load_weights(model, eval_weights(load_checkpoint(cfg.train.init_from)), cfg.train.init_from)
-        memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
-        self.model = model.to(device, memory_format=memory_format)  # the plain module: checkpoints, EMA, eval
+        self.model = build_model_on(cfg, self.data.num_classes, device, pretrained=not weights_follow)  # plain module
+        if cfg.train.init_from:  # weights only (best.pt holds them); optimizer, schedule and epoch start fresh
+            load_run_weights(self.model, load_checkpoint(cfg.train.init_from), cfg.train.init_from)
         self.ema = ModelEma(self.model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None  # before compile: a plain deep copy
-        if cfg.train.compile:
-            # In place (Module.compile), so state-dict keys stay plain; compile, then DDP-wrap (PyTorch's
-            # "Where to apply torch.compile?": compile the inner module passed to DDP).
-            self.model.compile(mode=cfg.train.compile_mode)
+        self.eval_model = self.ema.module if self.ema else self.model
+        # Partial eval batches are padded only when evaluation runs the compiled graph (no EMA); eager needs none.
+        self.eval_pad = cfg.data.eval_batch_size if cfg.train.compile and self.ema is None else None
+        if cfg.train.compile:  # in place: checkpoints, EMA and eval keep using self.model
+            graphs = graph_count(cfg, eval_compiled=self.eval_pad is not None)
+            compile_model(self.model, cfg, graphs)
+            if note := graph_note(graphs):
+                self.console.print(note, soft_wrap=True)
         self.train_model = wrap_model(self.model, self.dist, device)
         self.teacher = load_teacher(cfg, self.data.num_classes, device) if cfg.distill.teacher else None
-        self.eval_model = self.ema.module if self.ema else self.model
 
     def _build_optimization(self) -> None:
         cfg = self.cfg
-        self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
+        self.optimizer, self.scaler = optimizer_and_scaler(self.model, cfg, self.device)
         self.scheduler = build_scheduler(self.optimizer, cfg, len(self.train_loader))
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")  # loss scaling only for fp16
         self.criterion = build_criterion(cfg)
         self.objective = make_objective(self.criterion, self.teacher, cfg.distill)
 
@@ -192,6 +208,7 @@ class Trainer:
         self.selector = EarlyStopper(metric, "min" if metric.endswith("_loss") else "max")  # patience 0: tracks the best only
         self.stopper = EarlyStopper(es.metric, es.mode, es.patience, es.min_delta)
         self.start_epoch, self.step, self.wall_s = 0, 0, 0.0
+        self.ckpt_s = 0.0  # seconds the loop was blocked by checkpoints (part of wall_s), across resumes
         self.warmup_s: float | None = None  # first step of this process (compile, cuDNN autotune), measured alone
         self.first_warmup_s: float | None = None  # the run's very first warm-up, kept across resumes
         self.resumes = 0
@@ -206,6 +223,7 @@ class Trainer:
         self.selector.load_state_dict(state["best"])
         self.stopper.load_state_dict(state["early_stop"])
         self.start_epoch, self.step, self.wall_s = state["epoch"] + 1, state["step"], state["wall_s"]
+        self.ckpt_s = state.get("ckpt_s", 0.0)
         self.first_warmup_s, self.resumes = state.get("warmup_s"), state.get("resumes", 0) + 1
         rngs = state["rng"]  # one per rank of the saving run
         set_rng_state(rngs[self.dist.rank] if len(rngs) == self.dist.world_size else rngs[0])
@@ -215,41 +233,58 @@ class Trainer:
     def fit(self) -> None:
         cfg = self.cfg
         if self.dist.main:
-            report.announce(self)
+            report.announce(self.console, self.facts, self.run_dir, self.start_epoch, self.resumed)
             if self.resumed:
                 self.log.truncate(self.start_epoch)  # rows of an epoch logged but not checkpointed before the crash
+                for stale in self.run_dir.glob(f"{TEMP_PREFIX}*"):  # a checkpoint write that a kill interrupted
+                    stale.unlink(missing_ok=True)
             else:
-                report.write_start(self)
+                report.write_start(self.run_dir, self.facts)
         self.tensorboard = TensorBoard(self.run_dir, purge_step=self.start_epoch) if self.dist.main else None
-        for epoch in range(self.start_epoch, cfg.train.epochs):
-            if self.stopper.stopped_epoch is not None:  # resumed a run that had already stopped early
-                break
-            if self._epoch(epoch):
-                self.console.print(f"[yellow]early stop[/]: {self.stopper.metric} has not improved for {self.stopper.patience} evaluations (best {self.stopper.best:.4g} at epoch {self.stopper.best_epoch + 1}).")
-                break
-        if self.tensorboard:
-            self.tensorboard.close()
+        try:
+            for epoch in range(self.start_epoch, cfg.train.epochs):
+                if self.stopper.stopped_epoch is not None:  # resumed a run that had already stopped early
+                    break
+                if self._epoch(epoch):
+                    self.console.print(f"[yellow]early stop[/]: {self.stopper.metric} has not improved for {self.stopper.patience} evaluations (best {self.stopper.best:.4g} at epoch {self.stopper.best_epoch + 1}).")
+                    break
+            waited = self.writer.join()  # the last write lands before best.pt is read back; raises if it failed
+            self.ckpt_s, self.wall_s = self.ckpt_s + waited, self.wall_s + waited
+        except torch._dynamo.exc.FailOnRecompileLimitHit:
+            raise recompile_error() from None
+        finally:
+            self.writer.close()  # at exit also on errors: no half-finished write is abandoned by the process
+            if self.tensorboard:
+                self.tensorboard.close()
         self._finish()
 
     def _epoch(self, epoch: int) -> bool:
         """Train, evaluate, record, checkpoint one epoch; returns True when early stopping says stop."""
+        cfg = self.cfg
         start = time.perf_counter()
         record = {"epoch": epoch, **self._train_epoch(epoch)}
-        due = (epoch + 1) % self.cfg.train.eval_every == 0 or epoch + 1 == self.cfg.train.epochs
-        if due:
+        sync_buffers(self.model, self.ema.module if self.ema else None)  # DDP: every rank holds what rank 0 saves
+        if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
             record.update(self._evaluate(self.eval_model))
         record["lr"] = self.optimizer.param_groups[0]["lr"]
         record["step"] = self.step
-        self.wall_s += time.perf_counter() - start
-        record["wall_s"] = self.wall_s
         self.selector.update(record)
         improved = self.selector.best_epoch == epoch
         stop = self.stopper.update(record)
+        save_last = (epoch + 1) % cfg.train.save_every == 0 or epoch + 1 == cfg.train.epochs or stop
+        files, record["ckpt_s"] = self._snapshot(epoch, improved, save_last)
+        self.ckpt_s += record["ckpt_s"]
+        self.wall_s += time.perf_counter() - start
+        record["wall_s"] = self.wall_s
         if self.dist.main:
-            self.log.append(record)  # before the checkpoint: a crash in between reruns (and re-logs) this epoch
+            self.log.append(record)  # before last.pt: a crash in between reruns (and re-logs) this epoch
             self.tensorboard.log(record)
-            report.print_epoch(self, record, improved)
-        self._save(epoch, improved)
+            report.print_epoch(self.console, self.facts, record, improved)
+            for state, path in files:
+                if path.name == LAST:  # time so far, for a resumed run to continue from
+                    state.update(wall_s=self.wall_s, ckpt_s=self.ckpt_s)
+            if files:
+                self.writer.submit(files)  # never blocks: _snapshot already waited for the previous write
         return stop
 
     def _train_epoch(self, epoch: int) -> dict:
@@ -333,7 +368,8 @@ class Trainer:
         for split, loader in self.eval_loaders.items():
             if splits and split not in splits:
                 continue
-            sums = eval_pass(model, loader, self.eval_augment.eval_batch, self.autocast, self.data.num_classes, tta=self.cfg.train.tta)
+            sums = eval_pass(model, loader, self.eval_augment.eval_batch, self.autocast, self.data.num_classes,
+                             tta=self.cfg.train.tta, pad_to=self.eval_pad)
             for tensor in sums.values():
                 all_reduce_sum(tensor)
             out.update(summarize_eval(sums, split))
@@ -344,32 +380,38 @@ class Trainer:
 
     # ------------------------------------------------------------------------ files
 
-    def _save(self, epoch: int, improved: bool) -> None:
-        """best.pt (when improved) then last.pt, atomically; last.pt is the commit point of the epoch."""
-        rngs = gather_object(rng_state())  # every rank's RNG, so a resumed DDP run draws what each rank would
+    def _snapshot(self, epoch: int, improved: bool, save_last: bool) -> tuple[list[tuple[dict, Path]], float]:
+        """The files this epoch commits, as host-memory copies, and the seconds the loop blocked for them.
+
+        best.pt (when improved) gets the weights only; last.pt (every `train.save_every` epochs and after the
+        last one) the full state and is the commit point of the epoch. The blocked time is the wait for the
+        previous write plus the copy to host memory; the write itself runs on `self.writer`'s thread.
+        """
+        if not (improved or save_last):
+            return [], 0.0
+        start = time.perf_counter()
+        rngs = gather_object(rng_state()) if save_last else None  # every rank's: a resumed DDP run draws what each would
         if not self.dist.main:
-            return
-        state = {
-            "model": self.model.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "ema_updates": self.ema.updates if self.ema is not None else 0,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": epoch,
-            "step": self.step,
-            "rng": rngs,
-            "early_stop": self.stopper.state_dict(),
-            "best": self.selector.state_dict(),
-            "config": to_dict(self.cfg),
-            "num_classes": self.data.num_classes,
-            "wall_s": self.wall_s,
-            "warmup_s": self.first_warmup_s,
-            "resumes": self.resumes,
-        }
+            return [], time.perf_counter() - start
+        self.writer.join()  # one write in flight at most, and its failure stops training here
+        ema = self.ema.state_dict() if self.ema is not None else None
+        weights = snapshot({"model": self.model.state_dict(), "ema": ema})  # live tensors keep changing: copy them
+        common = {**weights, "epoch": epoch, "step": self.step, "best": snapshot(self.selector.state_dict()),
+                  "config": to_dict(self.cfg), "num_classes": self.data.num_classes}
+        files = []
         if improved:
-            save_checkpoint(state, self.run_dir / BEST)
-        save_checkpoint(state, self.run_dir / LAST)
+            files.append(({k: common[k] for k in BEST_KEYS}, self.run_dir / BEST))
+        if save_last:
+            rest = snapshot({
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "early_stop": self.stopper.state_dict(),
+            })
+            progress = {"ema_updates": self.ema.updates if self.ema is not None else 0, "rng": rngs,
+                        "warmup_s": self.first_warmup_s, "resumes": self.resumes}
+            files.append(({**common, **rest, **progress}, self.run_dir / LAST))
+        return files, time.perf_counter() - start
 
     def _finish(self) -> None:
         """Reload the best weights, score the selection split, write confusion, curves and summary."""
@@ -380,6 +422,15 @@ class Trainer:
         self.eval_model.load_state_dict(eval_weights(load_checkpoint(path)))
         split = self.selector.metric.split("_")[0]
         split = split if split in self.eval_loaders else "test"
-        best = self._evaluate(self.eval_model, splits=(split,))
+        try:
+            best = self._evaluate(self.eval_model, splits=(split,))
+        except torch._dynamo.exc.FailOnRecompileLimitHit:
+            raise recompile_error() from None
         if self.dist.main:
-            report.write_final(self, split, best)
+            outcome = report.Outcome(
+                best_epoch=self.selector.best_epoch, best_value=self.selector.best,
+                stopped_epoch=self.stopper.stopped_epoch, wall_s=self.wall_s, ckpt_s=self.ckpt_s,
+                first_warmup_s=self.first_warmup_s, resumes=self.resumes,
+            )
+            report.write_final(self.console, self.run_dir, self.facts, outcome, self.log.records(), split,
+                               self.confusion[split], best)
