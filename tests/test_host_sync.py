@@ -8,8 +8,8 @@
     sums) and one eval batch (with the config's TTA) under the detector: nothing may fire.
 (c) On CUDA the same steps run under `torch.cuda.set_sync_debug_mode("error")`.
 
-`build_pieces` mirrors `Trainer._build_*` and `Trainer._step`; when the trainer's wiring moves into a
-builder module, switch `build_pieces` / `Pieces.train_step` to it.
+`build_pieces` assembles a run with the trainer's own builders (`fastcifar.engine.build`), and every step runs
+through the trainer's `Stepper`, so what is watched here is what the trainer builds and runs.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,20 +24,15 @@ import torch.nn.functional as F
 
 from fastcifar.augment import GpuAugment
 from fastcifar.config import Config, from_dict, load_config, packaged_configs, to_dict
+from fastcifar.engine import build
 from fastcifar.engine.checkpoint import save_checkpoint
-from fastcifar.engine.ema import ModelEma
 from fastcifar.engine.host_sync import HostSyncDetector, cuda_sync_errors
 from fastcifar.engine.inputs import data_info, eval_loader
 from fastcifar.engine.metrics import confusion_matrix
-from fastcifar.engine.optim import build_optimizer, build_scheduler
-from fastcifar.engine.precision import autocast, input_dtype
-from fastcifar.engine.step import eval_pass, make_objective, summarize_eval, train_step
+from fastcifar.engine.precision import autocast
+from fastcifar.engine.step import Stepper, eval_pass, make_objective, summarize_eval, train_step
 from fastcifar.engine.teacher import load_teacher
-from fastcifar.engine.trainer import Trainer
-from fastcifar.loaders import build_loader
-from fastcifar.loaders.base import remaining_augment
 from fastcifar.losses import build_criterion, one_hot
-from fastcifar.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -246,40 +240,20 @@ def shrink(cfg: Config, device: str = "cpu", teacher: str | None = None, model_n
 
 @dataclasses.dataclass
 class Pieces:
-    """What `Trainer` holds for one run, built the same way (see build_pieces)."""
+    """What `Trainer` holds for one run, from the same builders (see build_pieces)."""
 
     cfg: Config
     device: torch.device
     train_loader: object
     test_loader: object
-    augment: GpuAugment
     eval_augment: GpuAugment
-    model: torch.nn.Module
-    ema: ModelEma | None
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    scaler: torch.amp.GradScaler
-    objective: object
+    stepper: Stepper  # the trainer's per-batch step: augment, train_step, EMA, schedule
     num_classes: int
     step: int = 0
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, sums: dict) -> None:
         """Trainer._step plus the metric sums of Trainer._train_epoch."""
-        size = Trainer._draw_size(SimpleNamespace(cfg=self.cfg, step=self.step))  # the trainer's own draw
-        x, targets = self.augment.train_batch(images, labels, size)
-        loss, hits = train_step(
-            self.model,
-            x,
-            targets,
-            self.objective,
-            self.optimizer,
-            self.scaler,
-            autocast(self.device, self.cfg.train.amp),
-            self.cfg.optim.grad_clip,
-        )
-        if self.ema is not None:
-            self.ema.update(self.model)
-        self.scheduler.step()
+        loss, hits = self.stepper(images, labels, self.step)
         self.step += 1
         sums["loss"] += loss.double() * labels.shape[0]
         sums["correct"] += hits
@@ -287,7 +261,8 @@ class Pieces:
     def eval_batch(self) -> dict:
         """eval_pass over the first batch of the real test loader, with the config's TTA."""
         first = _FirstBatch(self.test_loader)
-        eval_model = self.ema.module if self.ema is not None else self.model
+        ema = self.stepper.ema
+        eval_model = ema.module if ema is not None else self.stepper.model
         return eval_pass(
             eval_model,
             first,
@@ -309,50 +284,22 @@ class _FirstBatch:
 
 
 def build_pieces(cfg: Config, device: str = "cpu") -> Pieces:
-    """Trainer._build_data / _build_model / _build_optimization for `cfg`.
+    """Trainer._build_data / _build_model / _build_optimization for `cfg`, through the same builders.
 
-    One deliberate difference on the CPU: the optimizer is built as on CUDA (fused kernels, `device="cuda"`
-    to build_optimizer), because that is the step this test stands in for. CPU runs use the foreach kernels,
-    whose Adam keeps its step counter on the host and reads it with .item() (harmless there: no device).
+    One deliberate difference on the CPU: the optimizer is built as on CUDA (fused kernels: `kernels_for="cuda"`),
+    because that is the step this test stands in for. CPU runs use the foreach kernels, whose Adam keeps its
+    step counter on the host and reads it with .item() (harmless there: no device).
     """
     dev = torch.device(device)
     torch.manual_seed(cfg.train.seed)
     info = data_info(cfg)
-    train_loader = build_loader(cfg, "train", train=True, device=dev)
+    train_loader, augment = build.train_input(cfg, info, dev)
     test_loader = eval_loader(cfg, "test", dev)
-    out_dtype = input_dtype(cfg.train.amp)
-    augment = GpuAugment(
-        remaining_augment(cfg.augment, train_loader),
-        info.mean,
-        info.std,
-        info.num_classes,
-        per_image_ops=not train_loader.per_image_ops_done,
-        out_dtype=out_dtype,
-    )
-    eval_augment = GpuAugment(cfg.augment, info.mean, info.std, info.num_classes, out_dtype=out_dtype)
-    memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
-    model = build_model(cfg.model, info.num_classes).to(dev, memory_format=memory_format)
-    ema = ModelEma(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
-    optimizer = build_optimizer(model, cfg.optim, "cuda")
-    scheduler = build_scheduler(optimizer, cfg, len(train_loader))
-    scaler = torch.amp.GradScaler(dev.type, enabled=cfg.train.amp == "fp16")
+    model = build.build_model_on(cfg, info.num_classes, dev)
+    ema = build.ema_of(model, cfg)
     teacher = load_teacher(cfg, info.num_classes, dev) if cfg.distill.teacher else None
-    objective = make_objective(build_criterion(cfg), teacher, cfg.distill)
-    return Pieces(
-        cfg,
-        dev,
-        train_loader,
-        test_loader,
-        augment,
-        eval_augment,
-        model,
-        ema,
-        optimizer,
-        scheduler,
-        scaler,
-        objective,
-        info.num_classes,
-    )
+    stepper = build.stepper(cfg, augment, model, ema, teacher, len(train_loader), dev, kernels_for="cuda")
+    return Pieces(cfg, dev, train_loader, test_loader, build.eval_augment(cfg, info), stepper, info.num_classes)
 
 
 def run_watched(pieces: Pieces) -> tuple[HostSyncDetector, dict, dict]:
@@ -378,7 +325,7 @@ def teacher_run(tmp_path_factory, prepared_root):
     root = prepared_root("cifar100", ("npy",))
     cfg = shrink(load_config("resnet50_arcface_224", [f"data.root={root}"]))
     torch.manual_seed(0)
-    model = build_model(cfg.model, data_info(cfg).num_classes)
+    model = build.build_model_on(cfg, data_info(cfg).num_classes, torch.device("cpu"))
     path = tmp_path_factory.mktemp("teacher") / "best.pt"
     save_checkpoint(
         {
@@ -399,6 +346,7 @@ def test_packaged_config_step_and_eval_have_no_host_sync(name, prepared_root, te
     root = prepared_root(shipped.data.dataset, ("npy",))
     cfg = shrink(load_config(name, [f"data.root={root}"]), teacher=teacher_run)
     pieces = build_pieces(cfg)
+    assert pieces.stepper.optimizer.defaults["fused"]  # the CUDA kernels, as build_pieces says
     detector, sums, scores = run_watched(pieces)
     assert not detector.events, f"{name}: host syncs in the step or eval pass:\n{detector.report()}"
     # the watched code really ran: two steps of 16 images, one eval batch of 16
@@ -429,7 +377,7 @@ def test_step_variants_have_no_host_sync(variant, prepared_root, teacher_run):
     for section, values in changes.items():
         d[section].update(values)
     pieces = build_pieces(from_dict(d))
-    assert pieces.scaler.is_enabled() == (d["train"]["amp"] == "fp16")
+    assert pieces.stepper.scaler.is_enabled() == (d["train"]["amp"] == "fp16")
     detector, sums, scores = run_watched(pieces)
     assert not detector.events, f"{variant}: host syncs in the step or eval pass:\n{detector.report()}"
     assert pieces.step == 2 and torch.isfinite(sums["loss"]) and int(scores["count"]) == BATCH

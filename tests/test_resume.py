@@ -42,6 +42,7 @@ VICTIM = textwrap.dedent(
     import torch
     torch.set_num_threads(1)  # as the test process: same kernels, same float results
     import fastcifar.engine.checkpoint as checkpoint
+    import fastcifar.engine.step as step
     import fastcifar.engine.trainer as trainer
     from fastcifar import atomic
     from fastcifar.config import from_dict
@@ -59,7 +60,7 @@ VICTIM = textwrap.dedent(
         return wrapped
 
     if where == "step":  # SIGKILL at the start of optimizer step `at` (1-based), mid-epoch
-        trainer.train_step = die_after(trainer.train_step, at)
+        step.train_step = die_after(step.train_step, at)  # the trainer's Stepper calls it
     else:  # in the writer thread, at last.pt of epoch `at`: its metrics row (and maybe best.pt) is already written
         real_save = checkpoint.save_checkpoint
 

@@ -108,10 +108,10 @@ def test_arcface_trains_and_evaluates_raw_cosine(root, tmp_path):
 
 
 def test_mixup_soft_targets_reach_the_criterion(root, tmp_path, monkeypatch, base_run):
-    import fastcifar.engine.trainer as trainer_module
+    import fastcifar.losses as losses_module
 
     seen = []
-    real = trainer_module.build_criterion
+    real = losses_module.build_criterion
 
     def recording(cfg):
         criterion = real(cfg)
@@ -122,7 +122,7 @@ def test_mixup_soft_targets_reach_the_criterion(root, tmp_path, monkeypatch, bas
 
         return wrapped
 
-    monkeypatch.setattr(trainer_module, "build_criterion", recording)
+    monkeypatch.setattr(losses_module, "build_criterion", recording)  # build.stepper imports it at call time
     run, records, _ = run_tiny(root, tmp_path, augment={"mixup_alpha": 1.0}, train={"epochs": 1})
     assert len(seen) == 512 // 64
     assert all(dtype == torch.float32 and shape == (64, 10) for dtype, shape, _ in seen)

@@ -5,8 +5,10 @@ config tests cannot drift apart.
     train_input(cfg, info, device, ...)       training loader + the GpuAugment that follows it
     eval_augment(cfg, info)                   resize + normalize for evaluation
     build_model_on(cfg, num_classes, device)  model on the device, in the configured memory format
+    ema_of(model, cfg)                        the weight average when train.ema_decay > 0
     compile_model(model, cfg, graphs)         torch.compile with static shapes, one graph per input shape
     optimizer_and_scaler(model, cfg, device)  the optimizer and its GradScaler
+    stepper(cfg, augment, model, ...)         optimizer, scaler, schedule, objective: the per-batch step
     model_from_checkpoint(state, ...)         a finished run's evaluation weights in a fresh model (eval, teacher)
 """
 
@@ -20,7 +22,7 @@ from torch import nn
 
 from fastcifar.config import Config
 from fastcifar.engine.checkpoint import eval_weights
-from fastcifar.engine.precision import input_dtype
+from fastcifar.engine.precision import autocast, input_dtype
 from fastcifar.errors import FastcifarError
 
 # torch.compile backend of every compiled model. The tests that count graphs swap in "aot_eager" (same dynamo
@@ -94,6 +96,13 @@ def build_model_on(cfg: Config, num_classes: int, device: torch.device, pretrain
     return model.to(device, memory_format=memory_format)
 
 
+def ema_of(model: nn.Module, cfg: Config):
+    """`ModelEma` of `model` at `train.ema_decay`, or None when it is 0; build it before compiling (a plain copy)."""
+    from fastcifar.engine.ema import ModelEma
+
+    return ModelEma(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+
+
 def graph_count(cfg: Config, eval_compiled: bool) -> int:
     """How many static graphs a compiled model of this run needs: one per input shape and mode it meets.
 
@@ -150,11 +159,50 @@ def recompile_error() -> FastcifarError:
     )
 
 
-def optimizer_and_scaler(model: nn.Module, cfg: Config, device: torch.device):
-    """(optimizer per `cfg.optim`, GradScaler enabled for fp16 only: bf16 and fp32 need no loss scaling)."""
+def optimizer_and_scaler(model: nn.Module, cfg: Config, device: torch.device,
+                         kernels_for: torch.device | str | None = None):
+    """(optimizer per `cfg.optim`, GradScaler enabled for fp16 only: bf16 and fp32 need no loss scaling).
+
+    Args:
+        kernels_for: the device whose optimizer kernels to use (fused on CUDA, foreach elsewhere); None = `device`.
+            The host-sync test builds CUDA's fused kernels on the CPU, because that is the step it stands in for.
+    """
     from fastcifar.engine.optim import build_optimizer
 
-    return build_optimizer(model, cfg.optim, device), torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
+    optimizer = build_optimizer(model, cfg.optim, device if kernels_for is None else kernels_for)
+    return optimizer, torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
+
+
+def stepper(cfg: Config, augment, model: nn.Module, ema, teacher: nn.Module | None, steps_per_epoch: int,
+            device: torch.device, train_model: nn.Module | None = None,
+            kernels_for: torch.device | str | None = None):
+    """The run's optimization (optimizer + GradScaler, per-step LR schedule, loss) as the per-batch `Stepper`.
+
+    Args:
+        cfg: the run config.
+        augment: the GpuAugment of `train_input`.
+        model: the plain (possibly compiled) module, on `device`; the optimizer and the EMA follow it.
+        ema: `ema_of(model, cfg)`.
+        teacher: the frozen distillation teacher (`distill.teacher`), else None.
+        steps_per_epoch: optimizer steps per epoch (len of the training loader), for the schedule.
+        device: where the run trains (GradScaler and autocast device type).
+        train_model: what runs the forward (the DDP wrapper); None = `model`.
+        kernels_for: see `optimizer_and_scaler`.
+
+    Returns:
+        `fastcifar.engine.step.Stepper`; its optimizer, scaler and scheduler are the ones to checkpoint.
+    """
+    from fastcifar.engine.optim import build_scheduler
+    from fastcifar.engine.step import Stepper, make_objective
+    from fastcifar.losses import build_criterion
+
+    optimizer, scaler = optimizer_and_scaler(model, cfg, device, kernels_for)
+    return Stepper(
+        augment=augment, model=model, train_model=model if train_model is None else train_model, ema=ema,
+        objective=make_objective(build_criterion(cfg), teacher, cfg.distill), optimizer=optimizer, scaler=scaler,
+        scheduler=build_scheduler(optimizer, cfg, steps_per_epoch), autocast=autocast(device, cfg.train.amp),
+        grad_clip=cfg.optim.grad_clip, scales=list(cfg.augment.scales), seed=cfg.train.seed,
+    )
 
 
 def load_run_weights(model: nn.Module, state: dict, source: str) -> None:

@@ -1,11 +1,14 @@
 """One training step and one evaluation pass. Device-agnostic: everything follows the input tensors.
 
-Neither function calls `.item()` or synchronizes: counts and loss sums stay on the device and the
+Nothing here calls `.item()` or synchronizes: counts and loss sums stay on the device and the
 trainer reads them once per epoch, so a CUDA step queue is never drained inside the loop.
+`Stepper` is the trainer's whole per-batch step (augment, `train_step`, EMA, schedule); the host-sync test
+runs that same object.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from contextlib import AbstractContextManager
 from typing import Callable
@@ -29,7 +32,6 @@ def make_objective(criterion: Callable[[Tensor, Tensor], Tensor], teacher: nn.Mo
     """
     if teacher is None:
         return lambda x, logits, targets: criterion(logits, targets)
-    from fastcifar.engine.teacher import teacher_logits
     from fastcifar.losses import distill_loss
 
     def objective(x: Tensor, logits: Tensor, targets: Tensor) -> Tensor:
@@ -37,6 +39,24 @@ def make_objective(criterion: Callable[[Tensor, Tensor], Tensor], teacher: nn.Mo
         return distill_loss(logits, guide, targets, distill.temperature, distill.alpha, criterion)
 
     return objective
+
+
+def teacher_logits(teacher: nn.Module, x: Tensor, image_size: int) -> Tensor:
+    """The teacher's logits for the student's augmented batch, resized on the device to `image_size`.
+
+    Args:
+        x: float32 [B, 3, S, S] normalized (the exact batch the student sees, same augmentation draw).
+        image_size: side the teacher was trained at, px (bilinear; antialiased when shrinking).
+
+    Returns:
+        [B, C], no grad.
+    """
+    with torch.no_grad():
+        if x.shape[-1] != image_size or x.shape[-2] != image_size:
+            # float32: CPU has no bf16/fp16 antialiased bilinear kernel, and the resize is cheap next to the teacher
+            x = F.interpolate(x.float(), size=(image_size, image_size), mode="bilinear", align_corners=False,
+                              antialias=image_size < x.shape[-1]).to(x.dtype)
+        return teacher(x)
 
 
 def hard_labels(targets: Tensor) -> Tensor:
@@ -81,6 +101,59 @@ def train_step(
     scaler.update()
     correct = (logits.detach().argmax(dim=1) == hard_labels(targets)).sum()
     return loss.detach().float(), correct
+
+
+def draw_size(scales: list[int], seed: int, step: int) -> int | None:
+    """Multi-scale training: the side of batch `step` (0-based optimizer steps) from `scales`; None = image_size.
+
+    Drawn on the host from (seed, step), so every DDP rank picks the same side (no rank waits on a bigger one at
+    the all-reduce) and a resumed run replays it.
+    """
+    if not scales:
+        return None
+    draw = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return scales[int(torch.randint(len(scales), (), generator=draw))]
+
+
+@dataclasses.dataclass
+class Stepper:
+    """Everything one training batch touches, and the step itself: augment, `train_step`, EMA, schedule.
+
+    Built by `fastcifar.engine.build.stepper`; the trainer and the host-sync test call the same object.
+    """
+
+    augment: object  # fastcifar.augment.GpuAugment: train_batch(images, labels, size) -> (x, targets)
+    model: nn.Module  # the plain module; the EMA follows it
+    train_model: nn.Module  # what runs the forward: `model`, or its DDP wrapper
+    ema: object | None  # fastcifar.engine.ema.ModelEma
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    scheduler: torch.optim.lr_scheduler.LRScheduler  # stepped once per optimizer step
+    autocast: AbstractContextManager
+    grad_clip: float  # max global gradient L2 norm; 0 = off
+    scales: list[int]  # multi-scale sides (augment.scales); empty = augment.image_size
+    seed: int  # train.seed, for draw_size
+
+    def __call__(self, images: Tensor, labels: Tensor, step: int) -> tuple[Tensor, Tensor]:
+        """Optimizer step `step` (0-based) on one loader batch.
+
+        Args:
+            images: uint8 [B, 3, H, W] channels_last, on the device.
+            labels: int64 [B].
+            step: optimizer steps taken so far in the run (picks the multi-scale side).
+
+        Returns:
+            (loss, correct) device scalars, as `train_step`.
+        """
+        size = draw_size(self.scales, self.seed, step)
+        x, targets = self.augment.train_batch(images, labels, size)  # [B, 3, S, S]; int64 [B] or float [B, C]
+        loss, hits = train_step(self.train_model, x, targets, self.objective, self.optimizer, self.scaler,
+                                self.autocast, self.grad_clip)
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.scheduler.step()  # per iteration
+        return loss, hits
 
 
 @torch.no_grad()

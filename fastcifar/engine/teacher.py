@@ -6,8 +6,7 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from fastcifar.config import Config, from_dict
 from fastcifar.engine.build import model_from_checkpoint
@@ -55,21 +54,3 @@ def load_teacher(cfg: Config, num_classes: int, device: torch.device) -> nn.Modu
     teacher = model_from_checkpoint(state, str(path), device, channels_last=cfg.train.channels_last)
     teacher.requires_grad_(False)
     return teacher
-
-
-def teacher_logits(teacher: nn.Module, x: Tensor, image_size: int) -> Tensor:
-    """The teacher's logits for the student's augmented batch, resized on the device to `image_size`.
-
-    Args:
-        x: float32 [B, 3, S, S] normalized (the exact batch the student sees, same augmentation draw).
-        image_size: side the teacher was trained at, px (bilinear; antialiased when shrinking).
-
-    Returns:
-        [B, C], no grad.
-    """
-    with torch.no_grad():
-        if x.shape[-1] != image_size or x.shape[-2] != image_size:
-            # float32: CPU has no bf16/fp16 antialiased bilinear kernel, and the resize is cheap next to the teacher
-            x = F.interpolate(x.float(), size=(image_size, image_size), mode="bilinear", align_corners=False,
-                              antialias=image_size < x.shape[-1]).to(x.dtype)
-        return teacher(x)

@@ -20,13 +20,14 @@ from fastcifar.engine import report
 from fastcifar.engine.build import (
     build_model_on,
     compile_model,
+    ema_of,
     eval_augment,
     graph_count,
     graph_note,
     load_run_weights,
-    optimizer_and_scaler,
     recompile_error,
     set_backend_flags,
+    stepper,
     train_input,
 )
 from fastcifar.engine.checkpoint import (
@@ -53,17 +54,14 @@ from fastcifar.engine.distributed import (
     wrap_model,
 )
 from fastcifar.engine.early_stop import EarlyStopper
-from fastcifar.engine.ema import ModelEma
 from fastcifar.engine.inputs import data_info, eval_loader, split_indices
 from fastcifar.engine.metrics import MetricsLog, TensorBoard
-from fastcifar.engine.optim import build_scheduler
 from fastcifar.engine.precision import autocast, synchronize
 from fastcifar.engine.progress import EpochProgress
 from fastcifar.engine.run_dir import make_run_dir
-from fastcifar.engine.step import eval_pass, make_objective, summarize_eval, train_step
+from fastcifar.engine.step import eval_pass, summarize_eval
 from fastcifar.engine.teacher import load_teacher
 from fastcifar.errors import FastcifarError
-from fastcifar.losses import build_criterion
 
 # Record keys that measure time: they differ between an interrupted-and-resumed run and an uninterrupted one.
 TIMING_KEYS = ("img_per_s", "data_wait", "train_s", "eval_s", "ckpt_s", "warmup_s", "loader_warmup_s", "wall_s")
@@ -175,7 +173,7 @@ class Trainer:
         self.model = build_model_on(cfg, self.data.num_classes, device, pretrained=not weights_follow)  # plain module
         if cfg.train.init_from:  # weights only (best.pt holds them); optimizer, schedule and epoch start fresh
             load_run_weights(self.model, load_checkpoint(cfg.train.init_from), cfg.train.init_from)
-        self.ema = ModelEma(self.model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None  # before compile: a plain deep copy
+        self.ema = ema_of(self.model, cfg)  # before compile: a plain deep copy
         self.eval_model = self.ema.module if self.ema else self.model
         # Partial eval batches are padded only when evaluation runs the compiled graph (no EMA); eager needs none.
         self.eval_pad = cfg.data.eval_batch_size if cfg.train.compile and self.ema is None else None
@@ -188,11 +186,10 @@ class Trainer:
         self.teacher = load_teacher(cfg, self.data.num_classes, device) if cfg.distill.teacher else None
 
     def _build_optimization(self) -> None:
-        cfg = self.cfg
-        self.optimizer, self.scaler = optimizer_and_scaler(self.model, cfg, self.device)
-        self.scheduler = build_scheduler(self.optimizer, cfg, len(self.train_loader))
-        self.criterion = build_criterion(cfg)
-        self.objective = make_objective(self.criterion, self.teacher, cfg.distill)
+        self.stepper = stepper(self.cfg, self.augment, self.model, self.ema, self.teacher, len(self.train_loader),
+                               self.device, train_model=self.train_model)
+        step = self.stepper  # its optimizer, scaler and schedule are what checkpoints save and resumes restore
+        self.optimizer, self.scaler, self.scheduler = step.optimizer, step.scaler, step.scheduler
 
     def _build_tracking(self) -> None:
         cfg = self.cfg
@@ -343,23 +340,10 @@ class Trainer:
         return out
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Augment on the device, one optimizer step, EMA and schedule; returns (loss, correct) device scalars."""
-        x, targets = self.augment.train_batch(images, labels, self._draw_size())  # [B, 3, S, S]; int64 [B] or float [B, C]
-        loss, hits = train_step(self.train_model, x, targets, self.objective, self.optimizer, self.scaler, self.autocast, self.cfg.optim.grad_clip)
-        if self.ema is not None:
-            self.ema.update(self.model)
-        self.scheduler.step()  # per iteration
+        """Augment on the device, one optimizer step, EMA and schedule (`Stepper`); (loss, correct) device scalars."""
+        loss, hits = self.stepper(images, labels, self.step)
         self.step += 1
         return loss, hits
-
-    def _draw_size(self) -> int | None:
-        """Multi-scale training: this batch's side from augment.scales, drawn from (seed, step) so every DDP
-        rank picks the same side (no rank waits on a bigger one at the all-reduce) and a resume replays it."""
-        scales = self.cfg.augment.scales
-        if not scales:
-            return None
-        draw = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + self.step)
-        return scales[int(torch.randint(len(scales), (), generator=draw))]
 
     def _evaluate(self, model: torch.nn.Module, splits: tuple[str, ...] | None = None) -> dict:
         """`{split}_loss/_acc/_top5` for each eval split (all-reduced over ranks), plus eval_s; confusion kept."""
