@@ -195,9 +195,11 @@ def test_interrupted_ffcv_write_is_recovered(tmp_path, synth_root, monkeypatch):
     def crash(self, allocations):  # the writer dies after workers wrote the pages, before the table
         raise KeyboardInterrupt("simulated kill")
 
-    monkeypatch.setattr(ffcv.writer.DatasetWriter, "finalize", crash)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(ffcv.writer.DatasetWriter, "finalize", crash)  # inherited by the forked writer process
+    with pytest.raises(FastcifarError, match=r"Writing '.*/prepared/cifar10/ffcv/train.beton' for the ffcv format "
+                                             r"failed \(KeyboardInterrupt: simulated kill\)"):
         prepare("cifar10", root, formats=("npy", "ffcv"), progress=False)
+    assert not (base / ".lock").exists() and not list(base.glob(".tmp-*"))
     manifest = json.loads((base / "manifest.json").read_text())
     assert set(manifest["formats"]) == {"npy"}  # npy finished before the crash; ffcv is not recorded
     assert not (base / "ffcv").exists()
@@ -228,7 +230,7 @@ def test_interrupted_npy_write_leaves_nothing(tmp_path, synth_root, monkeypatch)
         raise OSError("disk full")
 
     monkeypatch.setattr(prepare_module, "write_npy", half_write)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(FastcifarError, match=r"Writing '.*/prepared/cifar10/npy' for the npy format failed \(disk full\)"):
         prepare("cifar10", root, formats=("npy",), progress=False)
     base = prepared_dir("cifar10", root)
     assert not (base / "npy").exists() and not list(base.glob(".tmp-*")) and not (base / "manifest.json").exists()
@@ -242,7 +244,8 @@ def test_deleted_file_means_incomplete(tmp_path, synth_root):
     shutil.copytree(synth_root("cifar10"), root)
     manifest = prepare("cifar10", root, formats=("dali",), dali_encoding="raw", progress=False)
     (Path(manifest["dir"]) / manifest["formats"]["dali"]["raw"]["test"]["files"]["index"][0]).unlink()
-    with pytest.raises(FastcifarError, match=r"lacks the prepared format\(s\) dali:raw; run .* --formats dali`"):
+    with pytest.raises(FastcifarError, match=r"The prepared dali:raw format of cifar10: '.*/dali/raw/test-0000.idx' "
+                                             r"is missing; rebuild it with `fastcifar data prepare .* --formats dali`"):
         load_manifest("cifar10", root, require=("dali",))
     assert prepare("cifar10", root, formats=("dali",), progress=False)["built"] == ["dali:raw"]
     load_manifest("cifar10", root, require=("dali:raw",))

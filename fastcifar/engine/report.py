@@ -10,6 +10,7 @@ import statistics
 import time
 from typing import TYPE_CHECKING
 
+from fastcifar.data.source import badge, warning
 from fastcifar.engine.metrics import write_confusion
 from fastcifar.engine.plots import plot_confusion, plot_curves
 from fastcifar.engine.run_dir import environment, write_json
@@ -34,8 +35,8 @@ def announce(t: "Trainer") -> None:
     c.print(f"model     {cfg.model.name} ({cfg.model.head} head) at {cfg.augment.image_size} px on {t.device}, amp {cfg.train.amp}, compile {'on (' + cfg.train.compile_mode + ')' if cfg.train.compile else 'off'}")
     if t.teacher is not None:
         c.print(f"distill   teacher {cfg.distill.teacher} at {cfg.distill.teacher_image_size} px, T={cfg.distill.temperature}, alpha={cfg.distill.alpha}")
-    if t.data.synthetic:
-        c.print("[bold black on yellow] SYNTHETIC DATA [/] this dataset is a generated stand-in: its accuracy says nothing about CIFAR.")
+    if warning(t.data.source):
+        c.print(warning(t.data.source))
 
 
 def print_epoch(t: "Trainer", r: dict, improved: bool) -> None:
@@ -64,6 +65,7 @@ def static_summary(t: "Trainer") -> dict:
         "dataset": cfg.data.dataset,
         "label": cfg.data.label,
         "num_classes": t.data.num_classes,
+        "source": t.data.source,  # official | synthetic | custom
         "synthetic": t.data.synthetic,
         "loader": cfg.data.loader,
         "device": str(t.device),
@@ -120,7 +122,7 @@ def write_final(t: "Trainer", split: str, best_eval: dict) -> None:
         f"[bold]best[/] {t.selector.metric} {t.selector.best:.4g} at epoch {t.selector.best_epoch + 1}"
         + (f" ({split} acc {acc:.2%})" if acc is not None else "")
         + f"; {summary['epochs_done']} epochs in {t.wall_s:.1f}s; results in {t.run_dir}"
-        + ("  [bold black on yellow] SYNTHETIC DATA [/]" if t.data.synthetic else ""),
+        + (f"  {badge(t.data.source)}" if badge(t.data.source) else ""),
         soft_wrap=True,
     )
 
