@@ -175,6 +175,8 @@ def _build(key: str, splits: dict[str, CifarSplit], base: Path, manifest: dict, 
     finally:
         if tmp is not None:
             remove_path(tmp)  # gone after a successful rename; a partial folder after a failure
+        if final.parent != base and final.parent.is_dir() and not any(final.parent.iterdir()):
+            final.parent.rmdir()  # the "dali" folder made for a first encoding that failed
     set_format_entry(manifest, key, entry)
 
 

@@ -46,8 +46,9 @@ def estimate_bytes(key: str, counts: dict[str, int], coarse: bool, ffcv_workers:
     labels = 2 if coarse else 1
     if key == "npy":
         return n * (ROW + 8 * labels) + 128 * (2 + labels) * len(counts)  # int64 labels, one .npy header per file
-    if key == "ffcv":
-        return n * (ROW + FFCV_SAMPLE_META) + len(counts) * (ffcv_workers + 1) * FFCV_PAGE
+    if key == "ffcv":  # whole pages: the ones the pixels fill, plus one partly filled page per worker at most
+        pages = sum(-(-c * ROW // FFCV_PAGE) + ffcv_workers for c in counts.values())
+        return pages * FFCV_PAGE + n * FFCV_SAMPLE_META
     padded = -(-ROW // TAR_BLOCK) * TAR_BLOCK  # raw pixels; PNG/JPEG of 32 px images are of this order too
     per_sample = TAR_BLOCK + padded + labels * 2 * TAR_BLOCK  # image header + data, each label header + data
     index = 100 * n  # one text line per sample
@@ -93,15 +94,25 @@ def write_failed(key: str, path: Path, error: OSError | WriteError, need: int, f
     reason = error.reason if isinstance(error, WriteError) else (error.strerror or str(error))
     if code in NO_SPACE:
         free = free_bytes(final.parent) if final.parent.exists() else 0
-        limit = " or over the file-size limit (ulimit -f)" if code == errno.EFBIG else ""
-        fix = (f"the format needs about {human(need)} and {human(free)} are free{limit}; free some space (or choose "
+        fix = (f"the format needs about {human(need)} and {human(free)} are free; free some space (or choose "
                f"another --root) and run the same command again")
+        if code == errno.EFBIG:
+            fix = (f"a file outgrew this process's file-size limit (`ulimit -f`) or the file system's; the format needs "
+                   f"about {human(need)} ({human(free)} free); raise the limit (or choose another --root) and run the "
+                   f"same command again")
     elif code in NOT_WRITABLE:
         fix = f"make '{final.parent}' writable (or choose another --root) and run the same command again"
     else:
         fix = f"the format needs about {human(need)}; fix the cause and run the same command again"
     return FastcifarError(f"Writing '{path}' for the {key} format failed ({reason}); {fix} (its temporary files were "
                           f"removed and formats already prepared are kept).")
+
+
+def name_failed_file(exc: OSError, path: Path) -> OSError:
+    """Give a write error the file it happened in (a write on an open file reports none)."""
+    if exc.filename is None:
+        exc.filename = str(path)
+    return exc
 
 
 def final_name(path: str | os.PathLike | None, tmp: Path, final: Path) -> Path:
