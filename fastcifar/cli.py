@@ -203,10 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--formats", default="npy,ffcv,dali", help="comma-separated subset of npy,ffcv,dali")
     prepare.add_argument("--dali-encoding", choices=("raw", "png", "jpeg"), default="raw", help="image encoding inside the DALI shards")
     prepare.add_argument("--custom", action="store_true",
-                         help="the folder is your own data in the CIFAR pickle layout: any number of images, the classes "
-                              "of its meta file; runs on it are labelled custom")
-    prepare.add_argument("--archive", metavar="TAR_GZ", help="first extract the dataset folder from this .tar.gz into the "
-                                                             "root (never replacing a folder that is there)")
+                         help="the folder is your own data in the CIFAR pickle layout: any number of images, the "
+                              "classes of its meta file; runs on it are labelled custom")
+    prepare.add_argument("--archive", metavar="TAR_GZ",
+                         help="first extract the dataset folder from this .tar.gz into the root (never replacing a "
+                              "folder that is there)")
     download.set_defaults(func=cmd_data_download)
     synth.set_defaults(func=cmd_data_synth)
     prepare.set_defaults(func=cmd_data_prepare)

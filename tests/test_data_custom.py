@@ -70,8 +70,9 @@ def test_official_counts_with_other_bytes_are_not_official(tmp_path, monkeypatch
     make_custom_folder(tmp_path, train=50, test=10)
     monkeypatch.setitem(cifar_module.DATASETS, "cifar10",
                         dataclasses.replace(get_spec("cifar10"), train_count=50, test_count=10))
-    with pytest.raises(FastcifarError, match=r"batches.meta' differs from the official CIFAR-10 file \(md5 [0-9a-f]{32}, "
-                                             r"official 5ff9c542aee3614f3951f8cda6e48888\); .* --custom`"):
+    with pytest.raises(FastcifarError, match=r"batches.meta' differs from the official CIFAR-10 file \(md5 "
+                                             r"[0-9a-f]{32}, official 5ff9c542aee3614f3951f8cda6e48888\); "
+                                             r".* --custom`"):
         prepare("cifar10", tmp_path, formats=("npy",), progress=False)
     assert prepare("cifar10", tmp_path, formats=("npy",), progress=False, custom=True)["source"] == "custom"
 
@@ -90,7 +91,8 @@ def test_prepared_manifest_records_source_counts_classes_and_md5s(custom_root):
     # once custom, always named so: a later prepare without the flag is refused, and hints carry the flag
     with pytest.raises(FastcifarError, match=r"was prepared as custom data; pass --custom .*--formats npy --custom`"):
         prepare("cifar10", custom_root, formats=("npy",), progress=False)
-    with pytest.raises(FastcifarError, match=r"lacks the prepared format\(s\) dali:png; run .* --dali-encoding png --custom`"):
+    with pytest.raises(FastcifarError, match=r"lacks the prepared format\(s\) dali:png; run .* --dali-encoding png "
+                                             r"--custom`"):
         load_manifest("cifar10", custom_root, require=("dali:png",))
 
 

@@ -239,7 +239,8 @@ def test_timeout_is_reported_as_offline(tmp_path, monkeypatch):
 
 
 def test_user_archive_with_wrong_md5_is_kept_and_named(tmp_path, monkeypatch):
-    """Offline, a user's tarball with another md5 survives (renamed aside); the message gives both md5s and both choices."""
+    """Offline, a user's tarball with another md5 survives (renamed aside); the message gives both md5s and
+    both choices."""
     with socket.socket() as s:  # a port nobody listens on: the network fails
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

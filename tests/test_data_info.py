@@ -36,4 +36,5 @@ def test_raw_prepared_and_broken(tmp_path, synth_root):
     assert "test' is not a valid CIFAR pickle" in rows["cifar100"]["problem"]
 
     (raw_dir("cifar100", root) / "meta").unlink()
-    assert "is incomplete; run `fastcifar data download cifar100" in {r["dataset"]: r for r in describe(root)}["cifar100"]["problem"]
+    problem = {r["dataset"]: r for r in describe(root)}["cifar100"]["problem"]
+    assert "is incomplete; run `fastcifar data download cifar100" in problem

@@ -62,8 +62,8 @@ def test_truncated_file_is_reported_as_damaged(root):
     size = shard.stat().st_size
     with open(shard, "r+b") as f:
         f.truncate(size - 1000)
-    with pytest.raises(FastcifarError, match=rf"'{shard}' is damaged \({size - 1000} of {size} bytes\); rebuild it with "
-                                             rf"`fastcifar data prepare cifar10 --root .* --formats dali`"):
+    with pytest.raises(FastcifarError, match=rf"'{shard}' is damaged \({size - 1000} of {size} bytes\); rebuild it "
+                                             rf"with `fastcifar data prepare cifar10 --root .* --formats dali`"):
         load_manifest("cifar10", root, require=("dali",))
     with pytest.raises(FastcifarError, match=rf"'{shard}' \(damaged \({size - 1000} of {size} bytes\)\)"):
         verify("cifar10", root)

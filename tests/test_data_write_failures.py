@@ -76,8 +76,11 @@ needs_mount = pytest.mark.skipif(not _mount_allowed(), reason="mounting a tmpfs 
 
 def _run(root: Path, formats: str, *, fsize: int = 0, fill: bool = False, tmpfs_mb: int | None = None,
          then_readonly: bool = False) -> tuple[dict, str]:
-    """Run the CHILD prepare; with tmpfs_mb, inside a private mount namespace where ROOT/prepared is a tmpfs of that
-    size (with then_readonly: npy is prepared first, then the tmpfs is remounted read-only). Returns (result, output)."""
+    """Run the CHILD prepare; with tmpfs_mb, inside a private mount namespace where ROOT/prepared is a tmpfs of
+    that size (with then_readonly: npy is prepared first, then the tmpfs is remounted read-only).
+
+    Returns:
+        (the child's RESULT dict, its output with whitespace collapsed)."""
     child = [sys.executable, "-c", CHILD, str(root), formats, str(fsize), "1" if fill else "0"]
     command = child
     if tmpfs_mb is not None:
@@ -127,7 +130,7 @@ def test_disk_too_small_is_refused_before_writing(raw_root, tmp_path):
 
 @needs_mount
 def test_disk_filling_up_during_the_ffcv_write(raw_root, tmp_path):
-    """The ffcv worker hits ENOSPC mid-write (~22 MB left after npy, its train.beton takes 25 MB): one sentence, not a hang."""
+    """The ffcv worker hits ENOSPC mid-write (~22 MB left after npy; train.beton takes 25 MB): one sentence."""
     root = _root(raw_root, tmp_path)
     result, out = _run(root, "npy,ffcv", tmpfs_mb=36, fill=True)
     assert result["code"] == 2 and result["elapsed"] < TIME_BOUND_S, out
@@ -186,8 +189,9 @@ def test_a_killed_ffcv_worker_ends_the_write(raw_root, tmp_path, monkeypatch):
     monkeypatch.setattr(write_ffcv_module._Samples, "__getitem__", kill_at_100)
     monkeypatch.setattr(write_ffcv_module, "_free_shared_memory", record)
     start = time.monotonic()
-    with pytest.raises(FastcifarError, match=r"Writing '.*/prepared/cifar10/ffcv/train.beton' for the ffcv format failed "
-                                             r"\(an ffcv writer worker \(pid \d+\) ended with signal SIGKILL\)"):
+    with pytest.raises(FastcifarError, match=r"Writing '.*/prepared/cifar10/ffcv/train.beton' for the ffcv format "
+                                             r"failed \(an ffcv writer worker \(pid \d+\) ended with signal "
+                                             r"SIGKILL\)"):
         prepare("cifar10", root, formats=("npy", "ffcv"), progress=False, custom=True)
     assert time.monotonic() - start < TIME_BOUND_S
     base = prepared_dir("cifar10", root)

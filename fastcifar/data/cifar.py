@@ -291,5 +291,6 @@ def _labels(values, count: int, num_classes: int, path: Path, fix: str) -> np.nd
     if labels.shape != (count,):
         raise FastcifarError(f"'{path}' has {labels.size} labels for {count} images; {fix}.")
     if count and (labels.min() < 0 or labels.max() >= num_classes):
-        raise FastcifarError(f"'{path}' has labels in [{labels.min()}, {labels.max()}], outside [0, {num_classes}); {fix}.")
+        raise FastcifarError(f"'{path}' has labels in [{labels.min()}, {labels.max()}], outside [0, {num_classes}); "
+                             f"{fix}.")
     return labels

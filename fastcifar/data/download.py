@@ -159,7 +159,8 @@ def _fetch(archive: Archive, part: Path, root: Path, dataset: str, progress: boo
         raise FastcifarError(f"Downloading {archive.url} failed with HTTP {exc.code} {exc.reason}; "
                              f"{_offline_fix(archive, root, dataset)}.") from None
     except (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError, OSError) as exc:
-        raise FastcifarError(f"Could not reach {archive.url} ({_reason(exc)}); {_offline_fix(archive, root, dataset)}.") from None
+        raise FastcifarError(f"Could not reach {archive.url} ({_reason(exc)}); "
+                             f"{_offline_fix(archive, root, dataset)}.") from None
     with response:
         resumed = start and response.status == 206
         mode, done = ("ab", start) if resumed else ("wb", 0)  # a server ignoring Range sends it all again
@@ -206,7 +207,8 @@ def extract(tar_path: Path, root: Path, folder: str) -> Path:
                 kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
                 tar.extractall(tmp, members=members, **kwargs)
         except (tarfile.TarError, EOFError, OSError) as exc:
-            raise FastcifarError(f"'{tar_path}' is not a readable archive ({exc}); delete it and download again.") from None
+            raise FastcifarError(f"'{tar_path}' is not a readable archive ({exc}); delete it and download "
+                                 f"again.") from None
         if not (tmp / folder).is_dir():
             raise FastcifarError(f"'{tar_path}' has no '{folder}' folder; delete it and download the official archive.")
         replace_dir(tmp / folder, root / folder)

@@ -14,8 +14,6 @@ from fastcifar.data.cifar import (
 )
 from fastcifar.data.download import ARCHIVES
 from fastcifar.data.files import tree_size
-from fastcifar.data.source import OFFICIAL, SYNTHETIC, label, source_of
-from fastcifar.data.space import human
 from fastcifar.data.manifest import (
     format_entry,
     format_keys,
@@ -23,6 +21,8 @@ from fastcifar.data.manifest import (
     prepared_dir,
     read_manifest,
 )
+from fastcifar.data.source import OFFICIAL, SYNTHETIC, label, source_of
+from fastcifar.data.space import human
 from fastcifar.errors import FastcifarError
 from fastcifar.paths import data_root
 
@@ -63,6 +63,7 @@ def describe(root: str | os.PathLike | None) -> list[dict]:
                 row["problem"] = str(exc)
         elif raw_dir(dataset, root).exists():
             row["source"] = label(SYNTHETIC) if is_synthetic(dataset, root) else None
-            row["problem"] = f"'{raw_dir(dataset, root)}' is incomplete; run `fastcifar data download {dataset} --root {root}`."
+            row["problem"] = (f"'{raw_dir(dataset, root)}' is incomplete; run `fastcifar data download {dataset} "
+                              f"--root {root}`.")
         rows.append(row)
     return rows

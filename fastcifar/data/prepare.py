@@ -143,7 +143,8 @@ def _source(dataset: str, root: Path, splits: dict[str, CifarSplit], sources: di
     return OFFICIAL
 
 
-def _build(key: str, splits: dict[str, CifarSplit], base: Path, manifest: dict, progress: bool, shard_size: int) -> None:
+def _build(key: str, splits: dict[str, CifarSplit], base: Path, manifest: dict, progress: bool,
+           shard_size: int) -> None:
     """Write one format into a temp folder, rename it into place, record it in `manifest` (in memory).
 
     Raises:
@@ -193,8 +194,9 @@ def _write_manifest(base: Path, manifest: dict) -> None:
     try:
         write_manifest(base, manifest)
     except OSError as exc:
-        raise FastcifarError(f"Writing '{base / MANIFEST}' failed ({exc.strerror or exc}); free some space (or make "
-                             f"it writable) and run the same command again; finished formats are rebuilt then.") from None
+        raise FastcifarError(f"Writing '{base / MANIFEST}' failed ({exc.strerror or exc}); free some space (or "
+                             f"make it writable) and run the same command again; finished formats are rebuilt "
+                             f"then.") from None
 
 
 def _new_manifest(dataset: str, sources: dict[str, str], splits: dict[str, CifarSplit], source: str) -> dict:

@@ -97,9 +97,9 @@ def write_failed(key: str, path: Path, error: OSError | WriteError, need: int, f
         fix = (f"the format needs about {human(need)} and {human(free)} are free; free some space (or choose "
                f"another --root) and run the same command again")
         if code == errno.EFBIG:
-            fix = (f"a file outgrew this process's file-size limit (`ulimit -f`) or the file system's; the format needs "
-                   f"about {human(need)} ({human(free)} free); raise the limit (or choose another --root) and run the "
-                   f"same command again")
+            fix = (f"a file outgrew this process's file-size limit (`ulimit -f`) or the file system's; the format "
+                   f"needs about {human(need)} ({human(free)} free); raise the limit (or choose another --root) and "
+                   f"run the same command again")
     elif code in NOT_WRITABLE:
         fix = f"make '{final.parent}' writable (or choose another --root) and run the same command again"
     else:
@@ -108,11 +108,10 @@ def write_failed(key: str, path: Path, error: OSError | WriteError, need: int, f
                           f"removed and formats already prepared are kept).")
 
 
-def name_failed_file(exc: OSError, path: Path) -> OSError:
-    """Give a write error the file it happened in (a write on an open file reports none)."""
+def name_failed_file(exc: OSError, path: Path) -> None:
+    """Give a write error the file it happened in (a write on an open file reports none); the caller re-raises."""
     if exc.filename is None:
         exc.filename = str(path)
-    return exc
 
 
 def final_name(path: str | os.PathLike | None, tmp: Path, final: Path) -> Path:

@@ -42,14 +42,19 @@ def verify(dataset: str | None, root: str | os.PathLike | None) -> list[dict]:
             from the manifest); the message names the files and the `fastcifar data prepare` command.
     """
     root = data_root(root)
-    datasets = [get_spec(dataset).name] if dataset else [d for d in DATASETS if (prepared_dir(d, root) / MANIFEST).exists()]
+    if dataset:
+        datasets = [get_spec(dataset).name]
+    else:
+        datasets = [d for d in DATASETS if (prepared_dir(d, root) / MANIFEST).exists()]
     if not datasets:
-        raise FastcifarError(f"Nothing is prepared under '{root}'; run `fastcifar data prepare DATASET --root {root}` first.")
+        raise FastcifarError(f"Nothing is prepared under '{root}'; run `fastcifar data prepare DATASET --root "
+                             f"{root}` first.")
     rows, failures = [], []
     for name in datasets:
         base = prepared_dir(name, root)
         if not (base / MANIFEST).exists():
-            raise FastcifarError(f"{name} is not prepared in '{base}'; run `fastcifar data prepare {name} --root {root}`.")
+            raise FastcifarError(f"{name} is not prepared in '{base}'; run `fastcifar data prepare {name} --root "
+                                 f"{root}`.")
         with locked(base):
             manifest = read_manifest(base)
             if manifest is None:

@@ -72,7 +72,8 @@ def write_dali(splits: dict[str, CifarSplit], out: Path, encoding: str, folder: 
                 samples = _write_tar(tar, split, range(start, min(start + shard_size, len(split))), encoding)
                 write_index(out / f"{stem}.idx", samples)
             except OSError as exc:
-                raise name_failed_file(exc, tar if not (out / f"{stem}.idx").exists() else out / f"{stem}.idx")
+                name_failed_file(exc, tar if not (out / f"{stem}.idx").exists() else out / f"{stem}.idx")
+                raise
             shards.append(f"{folder}/{stem}.tar")
             indexes.append(f"{folder}/{stem}.idx")
             if bar is not None:

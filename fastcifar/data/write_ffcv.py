@@ -37,7 +37,8 @@ class _Samples:
 
     def __init__(self, split: CifarSplit):
         self.images, self.labels = split.images, split.labels
-        self.coarse = split.coarse_labels if split.coarse_labels is not None else np.full_like(split.labels, NO_COARSE_LABEL)
+        coarse = split.coarse_labels
+        self.coarse = coarse if coarse is not None else np.full_like(split.labels, NO_COARSE_LABEL)
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -30,7 +30,8 @@ def write_npy(splits: dict[str, CifarSplit], out: Path, folder: str = "npy") -> 
             try:
                 np.save(out / filename, np.ascontiguousarray(array), allow_pickle=False)
             except OSError as exc:
-                raise name_failed_file(exc, out / filename)
+                name_failed_file(exc, out / filename)
+                raise
             files[kind] = f"{folder}/{filename}"
         entry[name] = {"count": len(split), "files": files}
     return entry

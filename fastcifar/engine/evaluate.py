@@ -100,5 +100,6 @@ def _print(r: dict, name: str, console: Console) -> None:
     table = Table(title=f"{name}: {Path(r['checkpoint']).name} (epoch {r['epoch'] + 1}) on {r['split']}{' + flip TTA' if r['tta'] else ''}")
     for column in ("images", "top-1", "top-5", "loss", "data"):
         table.add_column(column, justify="right")
-    table.add_row(f"{r['images']:,}", f"{r['acc']:.2%}", f"{r['top5']:.2%}", f"{r['loss']:.4f}", source_label(r["source"], styled=True))
+    table.add_row(f"{r['images']:,}", f"{r['acc']:.2%}", f"{r['top5']:.2%}", f"{r['loss']:.4f}",
+                  source_label(r["source"], styled=True))
     console.print(table)
