@@ -309,8 +309,9 @@ def _check_rules(config: Config) -> None:
             raise FastcifarError(f"{dotted} '{metric}' is not a recorded metric; use one of {', '.join(METRICS)}"
                                  f"{' (or auto)' if dotted == 'train.select_metric' else ''}.")
         if metric.startswith("val_") and val_split <= 0:
-            raise FastcifarError(f"{dotted} '{metric}' needs a validation split, but data.val_split is 0; hold images "
-                                 f"out with --set data.val_split=5000, or use test_{metric[4:]}.")
+            raise FastcifarError(f"{dotted} '{metric}' is not recorded by a run without a validation split "
+                                 f"(data.val_split is 0); hold images out with --set data.val_split=5000, or use "
+                                 f"test_{metric[4:]}.")
     if sched.name == "onecycle" and sched.warmup_epochs > 0:
         raise FastcifarError("schedule.warmup_epochs and onecycle's schedule.pct_start both set the rise; set "
                              "schedule.warmup_epochs: 0.")

@@ -101,9 +101,9 @@ def test_dumped_config_loads_back_identically(tmp_path):
         ("augment.vflip=.nan", r"augment.vflip must be >= 0.0 and <= 1.0, got nan"),
         ("schedule.pct_start=1.0", r"schedule.pct_start must be >= 0.0 and < 1.0, got 1.0"),
         ("augment.cutout_size=0", r"augment.cutout_size must be at least 1 px when augment.cutout > 0"),
-        ("train.select_metric=val_acc", r"select_metric 'val_acc' needs a validation split, but data.val_split is 0"),
+        ("train.select_metric=val_acc", r"select_metric 'val_acc' is not recorded by a run without a validation split"),
         ("train.select_metric=val_top1", r"select_metric 'val_top1' is not a recorded metric; use one of train_loss"),
-        ("early_stop.patience=3", r"early_stop.metric 'val_acc' needs a validation split.*or use test_acc"),
+        ("early_stop.patience=3", r"early_stop.metric 'val_acc' is not recorded .*data.val_split is 0.*or use test_acc"),
         ("schedule.warmup_epochs=2", r"schedule.warmup_epochs and onecycle's schedule.pct_start both set the rise"),
     ],
 )
