@@ -17,6 +17,7 @@ from rich.table import Table
 
 from fastcifar.atomic import atomic_path, write_text
 from fastcifar.bench.suites import HIGH_DATA_WAIT, LOADER_BOUND_RATIO, MIN_WINDOW_S
+from fastcifar.data.source import source_of
 
 VIEW_TITLES = {
     "loader": "Loader only: augmented, model-ready batches (loader + GpuAugment.train_batch), no model",
@@ -107,7 +108,8 @@ def _headline(result: dict) -> list[str]:
     """Lines that say what was measured, where, and on what data."""
     prov, data, load = result["provenance"], result["data"], result.get("machine_load") or {}
     settings = prov["settings"]
-    synthetic = "SYNTHETIC stand-in (image content does not affect throughput)" if data["synthetic"] else "real data"
+    synthetic = {"synthetic": "SYNTHETIC stand-in (image content does not affect throughput)",
+                 "custom": "custom data (the user's own, in the CIFAR layout)"}.get(source_of(data), "official data")
     host = f"{prov['cpu_count']} CPU cores" if prov["device"] == "cpu" else f"host {prov['cpu_model']}, {prov['cpu_count']} CPU cores"
     policy = " + ".join(f"{k} {v}" for k, v in result["policy"].items())
     lines = [
@@ -241,7 +243,7 @@ def write_png(result: dict, path: str | os.PathLike) -> Path:
     for ax, view in zip(axes[0], views):
         _bars(ax, rows_of(result, view), key, ceilings, view)
     prov = result["provenance"]
-    synthetic = ", synthetic data" if result["data"]["synthetic"] else ""
+    synthetic = {"synthetic": ", synthetic data", "custom": ", custom data"}.get(source_of(result["data"]), "")
     batch = "batch sweep" if key == "batch_size" else f"batch {prov['settings']['batch_size']}"
     fig.suptitle(f"fastcifar bench · {prov['device_name']} · {batch}{synthetic}", fontsize=11)
     fig.tight_layout()

@@ -57,7 +57,24 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
     unknown = sorted(set(formats) - {"npy", "ffcv", "dali"})
     if unknown:
         raise FastcifarError(f"Unknown format(s) {', '.join(unknown)}; choose from npy, ffcv, dali (e.g. --formats npy,ffcv).")
-    prepare(args.dataset, _root(args), formats=formats, dali_encoding=args.dali_encoding)
+    if args.archive:
+        from fastcifar.data.download import extract_user_archive
+
+        console.print(f"extracted {args.archive} to {extract_user_archive(args.dataset, _root(args), args.archive)}")
+    prepare(args.dataset, _root(args), formats=formats, dali_encoding=args.dali_encoding, custom=args.custom)
+
+
+def cmd_data_verify(args: argparse.Namespace) -> None:
+    from fastcifar.data.verify import verify
+
+    rows = verify(args.dataset, _root(args))
+    table = Table(title=f"prepared data in {_root(args)}: sha256 of every file against its manifest")
+    for column in ("dataset", "format", "file", "bytes", "status"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["dataset"], row["format"], row["file"], _cell(row["bytes"]), row["status"])
+    console.print(table)
+    console.print(f"[green]{len(rows)} file(s) verified[/]")
 
 
 def cmd_data_info(args: argparse.Namespace) -> None:
@@ -173,19 +190,29 @@ def build_parser() -> argparse.ArgumentParser:
     synth = data_commands.add_parser("synth", help="write a small SYNTHETIC stand-in in the official pickle layout", formatter_class=RichHelpFormatter)
     prepare = data_commands.add_parser("prepare", help="write the npy / ffcv / dali formats the loaders read", formatter_class=RichHelpFormatter)
     info = data_commands.add_parser("info", help="what is downloaded and prepared under the root", formatter_class=RichHelpFormatter)
+    verify = data_commands.add_parser("verify", help="recompute the sha256 of every prepared file; name damaged ones",
+                                      formatter_class=RichHelpFormatter)
     for sub in (download, synth, prepare):
         sub.add_argument("dataset", choices=DATASETS)
-    for sub in (download, synth, prepare, info):
+    verify.add_argument("dataset", nargs="?", choices=DATASETS, help="default: every prepared dataset")
+    for sub in (download, synth, prepare, info, verify):
         sub.add_argument("--root", help=ROOT_HELP)
     synth.add_argument("--train", type=int, default=5000, help="train images (default 5000)")
     synth.add_argument("--test", type=int, default=1000, help="test images (default 1000)")
     synth.add_argument("--seed", type=int, default=0)
     prepare.add_argument("--formats", default="npy,ffcv,dali", help="comma-separated subset of npy,ffcv,dali")
     prepare.add_argument("--dali-encoding", choices=("raw", "png", "jpeg"), default="raw", help="image encoding inside the DALI shards")
+    prepare.add_argument("--custom", action="store_true",
+                         help="the folder is your own data in the CIFAR pickle layout: any number of images, the "
+                              "classes of its meta file; runs on it are labelled custom")
+    prepare.add_argument("--archive", metavar="TAR_GZ",
+                         help="first extract the dataset folder from this .tar.gz into the root (never replacing a "
+                              "folder that is there)")
     download.set_defaults(func=cmd_data_download)
     synth.set_defaults(func=cmd_data_synth)
     prepare.set_defaults(func=cmd_data_prepare)
     info.set_defaults(func=cmd_data_info)
+    verify.set_defaults(func=cmd_data_verify)
 
     configs = commands.add_parser("configs", help="list the packaged configs", formatter_class=RichHelpFormatter)
     configs.set_defaults(func=cmd_configs)

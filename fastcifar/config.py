@@ -19,6 +19,8 @@ import yaml
 
 from fastcifar.errors import FastcifarError
 
+STORED_SIDE = 32  # px of every stored CIFAR image
+
 
 @dataclass
 class DataConfig:
@@ -230,14 +232,22 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-# dotted key -> (lowest, highest, whether the bounds themselves are allowed); None = unbounded on that side.
-# Checked once here, so a bad value fails before any data is read, not as a NaN or a traceback mid-run.
+# dotted key -> (lowest, highest, which bounds are allowed): True = both, False = neither, or "[)" / "(]" for one.
+# None = unbounded on that side. Checked once here, so a bad value fails before any data is read (and with
+# --dump-config), not as a NaN or a traceback mid-run; NaN fails every bound.
 RANGES = {
     "data.batch_size": (1, None, True),
     "data.eval_batch_size": (1, None, True),
     "data.workers": (0, None, True),
     "data.prefetch": (1, None, True),
     "data.val_split": (0, None, True),
+    "augment.crop_padding": (0, STORED_SIDE - 1, True),  # px; the pad is at most one image side less one
+    **{f"augment.{name}": (0.0, 1.0, True) for name in  # probabilities, per image (per batch: mix_prob)
+       ("hflip", "vflip", "cutout", "jitter", "ssr", "mix_prob", "mix_switch_prob")},
+    **{f"augment.{name}": (0.0, None, True) for name in
+       ("brightness", "contrast", "saturation", "shift_limit", "rotate_limit", "mixup_alpha", "cutmix_alpha")},
+    "augment.hue": (0.0, 0.5, True),  # a fraction of a full turn
+    "augment.scale_limit": (0.0, 1.0, "[)"),  # scale drawn from [1-s, 1+s] must stay positive
     "model.embedding_dim": (1, None, True),
     "model.margin_s": (0.0, None, False),
     "model.drop_rate": (0.0, 1.0, True),
@@ -248,7 +258,7 @@ RANGES = {
     "schedule.warmup_epochs": (0.0, None, True),
     "schedule.min_lr_ratio": (0.0, 1.0, True),
     "schedule.gamma": (0.0, None, False),
-    "schedule.pct_start": (0.0, 1.0, True),
+    "schedule.pct_start": (0.0, 1.0, "[)"),  # onecycle must leave some of the run to come down (engine/optim.py)
     "train.epochs": (1, None, True),
     "train.seed": (0, 2**32 - 1, True),
     "train.label_smoothing": (0.0, 1.0, True),
@@ -262,21 +272,54 @@ RANGES = {
     "distill.alpha": (0.0, 1.0, True),
 }
 
+# Metrics a run records per epoch, which train.select_metric and early_stop.metric may name; val_* only
+# when data.val_split holds images out (the trainer records what its eval splits give).
+METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "test_loss", "test_acc", "test_top5")
+
 
 def _check_ranges(config: Config) -> None:
     for dotted, (low, high, inclusive) in RANGES.items():
         section, key = dotted.split(".")
         value = getattr(getattr(config, section), key)
-        too_low = low is not None and (value < low if inclusive else value <= low)
-        too_high = high is not None and (value > high if inclusive else value >= high)
-        if too_low or too_high:
-            low_text = "" if low is None else (f">= {low}" if inclusive else f"> {low}")
-            high_text = "" if high is None else (f"<= {high}" if inclusive else f"< {high}")
+        if isinstance(inclusive, bool):
+            low_in = high_in = inclusive
+        else:
+            low_in, high_in = inclusive[0] == "[", inclusive[1] == "]"
+        ok_low = low is None or (value >= low if low_in else value > low)  # comparisons with NaN are all False
+        ok_high = high is None or (value <= high if high_in else value < high)
+        if not (ok_low and ok_high):
+            low_text = "" if low is None else (f">= {low}" if low_in else f"> {low}")
+            high_text = "" if high is None else (f"<= {high}" if high_in else f"< {high}")
             bounds = " and ".join(t for t in (low_text, high_text) if t)
             raise FastcifarError(f"{dotted} must be {bounds}, got {value}; fix it in the YAML or with --set {dotted}=...")
     for side in [*config.augment.scales, config.augment.image_size]:
         if side < 1:
             raise FastcifarError(f"augment.image_size and augment.scales must be positive sides in px, got {side}.")
+
+
+def _check_rules(config: Config) -> None:
+    """Rules between fields: each names both fields and the fix."""
+    aug, sched, val_split = config.augment, config.schedule, config.data.val_split
+    if aug.cutout > 0 and aug.cutout_size < 1:
+        raise FastcifarError(f"augment.cutout_size must be at least 1 px when augment.cutout > 0, got "
+                             f"{aug.cutout_size}.")
+    for dotted, metric, used in (("train.select_metric", config.train.select_metric, True),
+                                 ("early_stop.metric", config.early_stop.metric, config.early_stop.patience > 0)):
+        if not used or metric == "auto" and dotted == "train.select_metric":
+            continue
+        if metric not in METRICS:
+            raise FastcifarError(f"{dotted} '{metric}' is not a recorded metric; use one of {', '.join(METRICS)}"
+                                 f"{' (or auto)' if dotted == 'train.select_metric' else ''}.")
+        if metric.startswith("val_") and val_split <= 0:
+            raise FastcifarError(f"{dotted} '{metric}' is not recorded by a run without a validation split "
+                                 f"(data.val_split is 0); hold images out with --set data.val_split=5000, or use "
+                                 f"test_{metric[4:]}.")
+    if sched.name == "onecycle" and sched.warmup_epochs > 0:
+        raise FastcifarError("schedule.warmup_epochs and onecycle's schedule.pct_start both set the rise; set "
+                             "schedule.warmup_epochs: 0.")
+    if sched.warmup_epochs > config.train.epochs:
+        raise FastcifarError(f"schedule.warmup_epochs ({sched.warmup_epochs}) is longer than the run "
+                             f"({config.train.epochs} train.epochs); lower it.")
 
 
 def from_dict(data: dict) -> Config:
@@ -286,6 +329,7 @@ def from_dict(data: dict) -> Config:
         section, key = dotted.split(".")
         _check_value(dotted, getattr(getattr(config, section), key), str)
     _check_ranges(config)
+    _check_rules(config)
     return config
 
 
@@ -348,8 +392,17 @@ def resolve_config_path(name_or_path: str) -> Path:
 
 
 def read_yaml(path: Path) -> dict:
+    raw = path.read_bytes()
+    if b"\x00" in raw:
+        raise FastcifarError(f"Config file '{path}' is a binary file, not YAML text; give the path of a .yaml config.")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise FastcifarError(f"Config file '{path}' is not UTF-8 text (byte {raw[e.start]:#04x} on line {line}); "
+                             f"save it as UTF-8.") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise FastcifarError(f"Config file '{path}' is not valid YAML ({e.__class__.__name__}: {e}); fix the line it names.") from None
     if not isinstance(data, dict):

@@ -96,7 +96,8 @@ def test_python3_pickles_and_pixel_orientation(tmp_path):
         batch = {b"batch_label": b"synthetic hand-made", b"labels": [3, 9], b"data": data.reshape(2, -1),
                  b"filenames": [b"a.png", b"b.png"]}
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
-    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [n.encode() for n in CIFAR10_CLASSES]}, protocol=2))
+    meta = {b"label_names": [n.encode() for n in CIFAR10_CLASSES]}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
     test = read_split("cifar10", tmp_path, "test")
     assert test.synthetic and test.labels.tolist() == [3, 9]
     assert (test.images[0, :, :, 0] == 255).all() and (test.images[0, :, :, 1:] == 0).all()

@@ -236,3 +236,30 @@ def test_timeout_is_reported_as_offline(tmp_path, monkeypatch):
                             Archive(f"http://127.0.0.1:{port}/a.tar.gz", "0" * 32, "cifar-10-python.tar.gz"))
         with pytest.raises(FastcifarError, match=r"Could not reach .*timed out.*fastcifar data synth cifar10"):
             download("cifar10", tmp_path, progress=False)
+
+
+def test_user_archive_with_wrong_md5_is_kept_and_named(tmp_path, monkeypatch):
+    """Offline, a user's tarball with another md5 survives (renamed aside); the message gives both md5s and
+    both choices."""
+    with socket.socket() as s:  # a port nobody listens on: the network fails
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    official = "c58f30108f718f92721af3b95e74349a"
+    monkeypatch.setitem(download_module.ARCHIVES, "cifar10",
+                        Archive(f"http://127.0.0.1:{port}/cifar-10-python.tar.gz", official, "cifar-10-python.tar.gz"))
+    user_file = tmp_path / "cifar-10-python.tar.gz"
+    user_file.write_bytes(b"the user's own archive")
+    mine = hashlib.md5(b"the user's own archive").hexdigest()
+    (tmp_path / "cifar-10-python.tar.gz.md5-mismatch").write_bytes(b"an earlier one")  # also kept: a fresh name is used
+    with pytest.raises(FastcifarError) as err:
+        download("cifar10", tmp_path, progress=False)
+    message = str(err.value)
+    aside = tmp_path / "cifar-10-python.tar.gz.md5-mismatch.1"
+    assert aside.read_bytes() == b"the user's own archive" and not user_file.exists()
+    assert (tmp_path / "cifar-10-python.tar.gz.md5-mismatch").read_bytes() == b"an earlier one"
+    assert f"has md5 {mine}, not the official {official}, so it was kept as '{aside}'" in message
+    assert "Could not reach" in message and f"`fastcifar data download cifar10 --root {tmp_path}` online" in message
+    assert f"`fastcifar data prepare cifar10 --root {tmp_path} --custom --archive {aside}`" in message
+    with pytest.raises(FastcifarError):  # a second attempt keeps it too
+        download("cifar10", tmp_path, progress=False)
+    assert aside.read_bytes() == b"the user's own archive"

@@ -8,7 +8,7 @@ from fastcifar.data.cifar import raw_dir
 from fastcifar.data.info import describe
 from fastcifar.data.prepare import prepare
 
-COLUMNS = ["dataset", "raw", "synthetic", "train", "test", "formats", "raw_size", "prepared_size", "problem"]
+COLUMNS = ["dataset", "raw", "source", "train", "test", "formats", "raw_size", "prepared_size", "problem"]
 
 
 def test_empty_root(tmp_path):
@@ -24,7 +24,7 @@ def test_raw_prepared_and_broken(tmp_path, synth_root):
     shutil.copytree(synth_root("cifar10"), root)
     shutil.copytree(synth_root("cifar100"), root, dirs_exist_ok=True)
     raw_only = {r["dataset"]: r for r in describe(root)}
-    assert raw_only["cifar10"]["raw"] and raw_only["cifar10"]["synthetic"] is True
+    assert raw_only["cifar10"]["raw"] and raw_only["cifar10"]["source"] == "SYNTHETIC"
     assert (raw_only["cifar10"]["train"], raw_only["cifar10"]["test"]) == (512, 256)
     assert raw_only["cifar10"]["raw_size"].endswith("MiB") and raw_only["cifar10"]["prepared_size"] == "0 B"
 
@@ -36,4 +36,5 @@ def test_raw_prepared_and_broken(tmp_path, synth_root):
     assert "test' is not a valid CIFAR pickle" in rows["cifar100"]["problem"]
 
     (raw_dir("cifar100", root) / "meta").unlink()
-    assert "is incomplete; run `fastcifar data download cifar100" in {r["dataset"]: r for r in describe(root)}["cifar100"]["problem"]
+    problem = {r["dataset"]: r for r in describe(root)}["cifar100"]["problem"]
+    assert "is incomplete; run `fastcifar data download cifar100" in problem

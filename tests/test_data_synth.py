@@ -76,7 +76,8 @@ def test_marked_synthetic_and_replaces_only_synthetic(tmp_path):
     assert (folder / "test_batch").read_bytes() != first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar-10-batches-py"]  # no temp folders left
     (folder / SYNTHETIC_MARKER).unlink()  # now it looks like real data
-    with pytest.raises(FastcifarError, match="already holds real CIFAR-10 data; write the synthetic stand-in to another root"):
+    with pytest.raises(FastcifarError, match="already holds real CIFAR-10 data; write the synthetic stand-in to "
+                                             "another root"):
         write_synthetic("cifar10", tmp_path, train=20, test=10)
 
 

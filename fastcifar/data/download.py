@@ -1,6 +1,7 @@
 """Download and extract the official CIFAR archives: resumable, md5-checked, atomic.
 
-Flow: ROOT/<archive>.part grows (an HTTP Range request resumes it) -> md5 check -> rename to
+Flow: an archive the user placed in ROOT with another md5 is renamed aside (NAME.md5-mismatch), never deleted;
+ROOT/<archive>.part grows (an HTTP Range request resumes it) -> md5 check -> rename to
 ROOT/<archive> -> extract into ROOT/.tmp-extract-XXXX (members with absolute paths, '..' or links
 are refused) -> rename the dataset folder into place. A folder that is already there and complete
 is left alone; a synthetic stand-in is replaced by the real data.
@@ -63,7 +64,8 @@ def download(dataset: str, root: str | os.PathLike | None, progress: bool = True
 
     Raises:
         FastcifarError: no network (names the folder to place the files in, and `fastcifar data synth`),
-            an HTTP error, an md5 mismatch, or an unsafe or incomplete archive.
+            an HTTP error, an md5 mismatch, or an unsafe or incomplete archive. An archive already in ROOT
+            whose md5 is not the official one is never deleted: it is renamed to NAME.md5-mismatch.
     """
     spec, archive = get_spec(dataset), ARCHIVES[dataset]
     root = data_root(root)
@@ -74,12 +76,21 @@ def download(dataset: str, root: str | os.PathLike | None, progress: bool = True
     root.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(root, min_age_s=STALE_TEMP_S)  # unlocked root: spare a concurrent run's temps
     target = root / archive.filename
-    if target.exists() and md5_file(target) != archive.md5:
-        say(f"[yellow]{target} does not match md5 {archive.md5}; downloading it again[/]", progress)
-        target.unlink()
+    aside = None
+    if target.exists():
+        digest = md5_file(target)
+        if digest != archive.md5:  # the user's file (a mirror, a damaged copy, their own data): never deleted
+            aside = set_aside(target)
+            say(f"[yellow]{target} has md5 {digest}, not the official {archive.md5}; kept as {aside}, fetching the "
+                f"official file[/]", progress)
     if not target.exists():
         part = root / (archive.filename + ".part")
-        _fetch(archive, part, root, dataset, progress)
+        try:
+            _fetch(archive, part, root, dataset, progress)
+        except FastcifarError as exc:
+            if aside is None:
+                raise
+            raise FastcifarError(_mismatch_message(dataset, root, archive, aside, digest, str(exc))) from None
         digest = md5_file(part)
         if digest != archive.md5:
             part.unlink()
@@ -91,6 +102,49 @@ def download(dataset: str, root: str | os.PathLike | None, progress: bool = True
         raise FastcifarError(f"'{target}' extracted without all {spec.title} files; delete it and run "
                              f"`fastcifar data download {dataset} --root {root}` again.")
     return folder
+
+
+MISMATCH_SUFFIX = ".md5-mismatch"  # a user's archive whose md5 is not the official one is renamed to NAME + this
+
+
+def set_aside(path: Path) -> Path:
+    """Rename `path` to PATH.md5-mismatch (PATH.md5-mismatch.1, ... when taken) and return the new name."""
+    aside, number = path.with_name(path.name + MISMATCH_SUFFIX), 0
+    while aside.exists():
+        number += 1
+        aside = path.with_name(f"{path.name}{MISMATCH_SUFFIX}.{number}")
+    os.replace(path, aside)
+    return aside
+
+
+def _mismatch_message(dataset: str, root: Path, archive: Archive, aside: Path, digest: str, failure: str) -> str:
+    """The offline error after a user's archive with the wrong md5 was set aside: what happened and both choices."""
+    reason = failure.split(";")[0].rstrip(".")
+    return (f"'{root / archive.filename}' has md5 {digest}, not the official {archive.md5}, so it was kept as "
+            f"'{aside}' and not used, and fetching the official file failed ({reason}); either fetch the official "
+            f"file (run `fastcifar data download {dataset} --root {root}` online, or place the official archive in "
+            f"'{root}'), or use your file as it is with `fastcifar data prepare {dataset} --root {root} --custom "
+            f"--archive {aside}` (runs on it are labelled custom).")
+
+
+def extract_user_archive(dataset: str, root: str | os.PathLike | None, path: str | os.PathLike) -> Path:
+    """Extract a user's CIFAR-layout .tar.gz into ROOT (`data prepare --archive`), refusing to replace a folder.
+
+    Returns:
+        The raw folder it extracted.
+
+    Raises:
+        FastcifarError: the archive is missing, unsafe or lacks the dataset folder, or the folder exists already.
+    """
+    spec, root, path = get_spec(dataset), data_root(root), Path(path)
+    folder = raw_dir(dataset, root)
+    if not path.is_file():
+        raise FastcifarError(f"Archive '{path}' does not exist; give the path of a .tar.gz holding '{spec.folder}'.")
+    if folder.exists():
+        raise FastcifarError(f"'{folder}' exists already and is not replaced by '{path}'; move the folder away to use "
+                             f"the archive, or drop --archive to prepare the folder as it is.")
+    root.mkdir(parents=True, exist_ok=True)
+    return extract(path, root, spec.folder)
 
 
 def _fetch(archive: Archive, part: Path, root: Path, dataset: str, progress: bool) -> None:
@@ -105,7 +159,8 @@ def _fetch(archive: Archive, part: Path, root: Path, dataset: str, progress: boo
         raise FastcifarError(f"Downloading {archive.url} failed with HTTP {exc.code} {exc.reason}; "
                              f"{_offline_fix(archive, root, dataset)}.") from None
     except (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError, OSError) as exc:
-        raise FastcifarError(f"Could not reach {archive.url} ({_reason(exc)}); {_offline_fix(archive, root, dataset)}.") from None
+        raise FastcifarError(f"Could not reach {archive.url} ({_reason(exc)}); "
+                             f"{_offline_fix(archive, root, dataset)}.") from None
     with response:
         resumed = start and response.status == 206
         mode, done = ("ab", start) if resumed else ("wb", 0)  # a server ignoring Range sends it all again
@@ -152,7 +207,8 @@ def extract(tar_path: Path, root: Path, folder: str) -> Path:
                 kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
                 tar.extractall(tmp, members=members, **kwargs)
         except (tarfile.TarError, EOFError, OSError) as exc:
-            raise FastcifarError(f"'{tar_path}' is not a readable archive ({exc}); delete it and download again.") from None
+            raise FastcifarError(f"'{tar_path}' is not a readable archive ({exc}); delete it and download "
+                                 f"again.") from None
         if not (tmp / folder).is_dir():
             raise FastcifarError(f"'{tar_path}' has no '{folder}' folder; delete it and download the official archive.")
         replace_dir(tmp / folder, root / folder)

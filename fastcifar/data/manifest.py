@@ -1,8 +1,10 @@
 """The manifest of prepared data: ROOT/prepared/DATASET/manifest.json, the single record of what is complete.
 
 A format counts as prepared only when the manifest lists it AND every file it lists is on disk with
-the recorded total size; folders without a manifest entry (a run killed before it finished) are
-never trusted. `load_manifest` is what loaders call; it says which command fixes what is missing.
+the recorded size; folders without a manifest entry (a run killed before it finished) are never
+trusted. `load_manifest` is what loaders call (a fast existence and size check, no hashing); it says
+which command fixes what is missing or damaged. Each entry also records every file's sha256
+(`checksums`), which `fastcifar data verify` recomputes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, Iterable, Iterator
 
 from fastcifar.atomic import write_bytes
 from fastcifar.data.cifar import raw_present
+from fastcifar.data.source import CUSTOM, CUSTOM_FLAG, source_of
 from fastcifar.errors import FastcifarError
 from fastcifar.paths import data_root
 
@@ -84,17 +87,29 @@ def entry_files(entry: dict) -> Iterator[str]:
 
 
 def is_complete(manifest: dict, key: str, base: Path) -> bool:
-    """True when `key` is in the manifest and its files exist with the recorded total size (bytes)."""
+    """True when `key` is in the manifest and its files exist with the recorded sizes (bytes)."""
     entry = format_entry(manifest, key)
-    if not entry:
-        return False
-    total = 0
+    return bool(entry) and not size_problems(entry, base)
+
+
+def size_problems(entry: dict, base: Path) -> list[str]:
+    """What is wrong with a format's files by existence and size alone (no hashing), one phrase per file:
+    "'PATH' is missing" or "'PATH' is damaged (N of M bytes)". Entries from before per-file sizes were
+    recorded are checked by their total size."""
+    problems, total = [], 0
+    sizes = {rel: c.get("bytes") for rel, c in entry.get("checksums", {}).items()}
     for rel in entry_files(entry):
         path = base / rel
         if not path.is_file():
-            return False
-        total += path.stat().st_size
-    return total == entry.get("bytes")
+            problems.append(f"'{path}' is missing")
+            continue
+        size = path.stat().st_size
+        total += size
+        if rel in sizes and size != sizes[rel]:
+            problems.append(f"'{path}' is damaged ({size} of {sizes[rel]} bytes)")
+    if not problems and total != entry.get("bytes"):
+        problems.append(f"the files of '{base}' hold {total} of {entry.get('bytes')} bytes (damaged)")
+    return problems
 
 
 def read_manifest(base: Path) -> dict | None:
@@ -113,14 +128,17 @@ def write_manifest(base: Path, manifest: dict) -> None:
     write_bytes(base / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
 
 
-def prepare_command(dataset: str, root: Path, keys: Iterable[str]) -> str:
-    """The `fastcifar data prepare ...` command that builds the given format keys."""
+def prepare_command(dataset: str, root: Path, keys: Iterable[str], manifest: dict | None = None) -> str:
+    """The `fastcifar data prepare ...` command that builds the given format keys (with --custom when the
+    `manifest` says the data is custom)."""
     keys = list(keys)
     names = sorted({k.split(":")[0] for k in keys}, key=FORMATS.index)
     command = f"fastcifar data prepare {dataset} --root {root} --formats {','.join(names)}"
     encodings = [k[5:] for k in keys if k.startswith("dali:")]
     if encodings and encodings != ["raw"]:
         command += f" --dali-encoding {encodings[0]}"
+    if source_of(manifest) == CUSTOM:
+        command += f" {CUSTOM_FLAG}"
     return command
 
 
@@ -150,8 +168,15 @@ def load_manifest(dataset: str, root: str | os.PathLike | None, require: Iterabl
                 f"No {dataset} data under '{root}'; run `fastcifar data download {dataset} --root {root}` (offline: "
                 f"`fastcifar data synth {dataset} --root {root}`) and then `{command}`.")
         raise FastcifarError(f"{dataset} is not prepared in '{base}'; run `{command}`.")
-    missing = [k for k in keys if not is_complete(manifest, k, base)]
+    missing = [k for k in keys if not format_entry(manifest, k)]
     if missing:
         raise FastcifarError(f"{dataset} in '{base}' lacks the prepared format(s) {', '.join(missing)}; run "
-                             f"`{prepare_command(dataset, root, missing)}`.")
+                             f"`{prepare_command(dataset, root, missing, manifest)}`.")
+    damaged = {k: size_problems(format_entry(manifest, k), base) for k in keys}
+    damaged = {k: problems for k, problems in damaged.items() if problems}
+    if damaged:
+        problems = [p for ps in damaged.values() for p in ps]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise FastcifarError(f"The prepared {', '.join(damaged)} format of {dataset}: {problems[0]}{more}; rebuild it "
+                             f"with `{prepare_command(dataset, root, damaged, manifest)}`.")
     return {**manifest, "dir": str(base)}

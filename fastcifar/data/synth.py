@@ -55,7 +55,8 @@ def write_synthetic(dataset: str, root: str | os.PathLike | None, train: int = 5
     """
     spec = get_spec(dataset)
     if train < 5 or test < 1:
-        raise FastcifarError(f"Synthetic {spec.title} needs at least 5 train and 1 test images, got {train} and {test}.")
+        raise FastcifarError(f"Synthetic {spec.title} needs at least 5 train and 1 test images, got {train} and "
+                             f"{test}.")
     root, final = data_root(root), raw_dir(dataset, root)
     if final.exists() and not (final / SYNTHETIC_MARKER).exists():
         raise FastcifarError(f"'{final}' already holds real {spec.title} data; write the synthetic stand-in to "

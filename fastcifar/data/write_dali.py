@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from fastcifar.data.cifar import CifarSplit
+from fastcifar.data.space import name_failed_file
 
 VERSION = 1
 SHARD_SIZE = 10_000  # samples per tar
@@ -66,8 +67,13 @@ def write_dali(splits: dict[str, CifarSplit], out: Path, encoding: str, folder: 
         shards, indexes = [], []
         for number, start in enumerate(range(0, len(split), shard_size)):
             stem = f"{name}-{number:04d}"
-            samples = _write_tar(out / f"{stem}.tar", split, range(start, min(start + shard_size, len(split))), encoding)
-            write_index(out / f"{stem}.idx", samples)
+            tar = out / f"{stem}.tar"
+            try:
+                samples = _write_tar(tar, split, range(start, min(start + shard_size, len(split))), encoding)
+                write_index(out / f"{stem}.idx", samples)
+            except OSError as exc:
+                name_failed_file(exc, tar if not (out / f"{stem}.idx").exists() else out / f"{stem}.idx")
+                raise
             shards.append(f"{folder}/{stem}.tar")
             indexes.append(f"{folder}/{stem}.idx")
             if bar is not None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from fastcifar.data.cifar import CifarSplit
+from fastcifar.data.space import name_failed_file
 
 VERSION = 1
 
@@ -26,7 +27,11 @@ def write_npy(splits: dict[str, CifarSplit], out: Path, folder: str = "npy") -> 
         files = {}
         for kind, array in arrays.items():
             filename = f"{name}_{kind}.npy"
-            np.save(out / filename, np.ascontiguousarray(array), allow_pickle=False)
+            try:
+                np.save(out / filename, np.ascontiguousarray(array), allow_pickle=False)
+            except OSError as exc:
+                name_failed_file(exc, out / filename)
+                raise
             files[kind] = f"{folder}/{filename}"
         entry[name] = {"count": len(split), "files": files}
     return entry

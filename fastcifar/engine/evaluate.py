@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fastcifar.config import from_dict
+from fastcifar.data.source import label as source_label
 from fastcifar.engine.build import eval_augment, model_from_checkpoint
 from fastcifar.engine.checkpoint import BEST, load_checkpoint, resolve_checkpoint
 from fastcifar.engine.distributed import resolve_device
@@ -41,7 +42,7 @@ def evaluate(
 
     Returns:
         {"split", "acc", "top5", "loss" (plain CE of the logits, no margin), "images", "epoch", "checkpoint",
-        "tta", "synthetic"}; acc and top5 are fractions in [0, 1].
+        "tta", "synthetic", "source"}; acc and top5 are fractions in [0, 1].
     """
     if split not in ("test", "val", "train"):
         raise FastcifarError(f"Unknown split '{split}'; evaluate test, val or train.")
@@ -73,6 +74,7 @@ def evaluate(
         "checkpoint": str(path),
         "tta": tta,
         "synthetic": info.synthetic,
+        "source": info.source,  # official | synthetic | custom
     }
     _print(result, cfg.name, console or Console())
     return result
@@ -82,5 +84,6 @@ def _print(r: dict, name: str, console: Console) -> None:
     table = Table(title=f"{name}: {Path(r['checkpoint']).name} (epoch {r['epoch'] + 1}) on {r['split']}{' + flip TTA' if r['tta'] else ''}")
     for column in ("images", "top-1", "top-5", "loss", "data"):
         table.add_column(column, justify="right")
-    table.add_row(f"{r['images']:,}", f"{r['acc']:.2%}", f"{r['top5']:.2%}", f"{r['loss']:.4f}", "[yellow]SYNTHETIC[/]" if r["synthetic"] else "real")
+    table.add_row(f"{r['images']:,}", f"{r['acc']:.2%}", f"{r['top5']:.2%}", f"{r['loss']:.4f}",
+                  source_label(r["source"], styled=True))
     console.print(table)

@@ -17,21 +17,27 @@ from fastcifar.paths import data_root
 class DataInfo:
     """Facts about the prepared dataset a run trains on (from its manifest.json).
 
-    mean / std: per-channel RGB on the 0-255 scale (train split); class_names: for the chosen label set.
+    mean / std: per-channel RGB on the 0-255 scale (train split); class_names: for the chosen label set;
+    source: "official" | "synthetic" | "custom" (fastcifar.data.source), shown wherever a run reports its data.
     """
 
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     num_classes: int
     class_names: list[str]
-    synthetic: bool
+    source: str
     train_count: int
     test_count: int
+
+    @property
+    def synthetic(self) -> bool:
+        return self.source == "synthetic"
 
 
 def data_info(cfg: Config) -> DataInfo:
     """Read the manifest of `cfg.data.dataset` under the data root; fine or coarse classes by `cfg.data.label`."""
     from fastcifar.data.prepare import load_manifest
+    from fastcifar.data.source import source_of
 
     manifest = load_manifest(cfg.data.dataset, data_root(cfg.data.root), require=("npy",))
     if cfg.data.label == "coarse":
@@ -45,7 +51,7 @@ def data_info(cfg: Config) -> DataInfo:
         std=tuple(manifest["std"]),
         num_classes=len(names),
         class_names=list(names),
-        synthetic=bool(manifest.get("synthetic", False)),
+        source=source_of(manifest) or "official",
         train_count=int(manifest["splits"]["train"]["count"]),
         test_count=int(manifest["splits"]["test"]["count"]),
     )

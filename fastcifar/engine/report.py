@@ -16,6 +16,7 @@ import torch
 from rich.console import Console
 
 from fastcifar.config import Config
+from fastcifar.data.source import badge, warning
 from fastcifar.engine.metrics import write_confusion
 from fastcifar.engine.plots import plot_confusion, plot_curves
 from fastcifar.engine.run_dir import environment, write_json
@@ -31,7 +32,8 @@ class RunFacts:
     cfg: Config
     num_classes: int
     class_names: list[str]
-    synthetic: bool  # a generated stand-in dataset: labelled loudly everywhere
+    source: str  # official | synthetic | custom (fastcifar.data.source): labelled everywhere a run reports
+    synthetic: bool  # source == "synthetic", kept for readers of older summaries
     device: str  # e.g. "cpu", "cuda:0"
     world_size: int  # processes
     steps_per_epoch: int  # optimizer steps per epoch and process
@@ -71,9 +73,8 @@ def announce(console: Console, f: RunFacts, run_dir: Path, start_epoch: int, res
     if f.distill:
         kd = cfg.distill
         c.print(f"distill   teacher {kd.teacher} at {kd.teacher_image_size} px, T={kd.temperature}, alpha={kd.alpha}")
-    if f.synthetic:
-        c.print("[bold black on yellow] SYNTHETIC DATA [/] this dataset is a generated stand-in: "
-                "its accuracy says nothing about CIFAR.")
+    if warning(f.source):
+        c.print(warning(f.source))
 
 
 def print_epoch(console: Console, f: RunFacts, r: dict, improved: bool) -> None:
@@ -104,6 +105,7 @@ def static_summary(f: RunFacts) -> dict:
         "dataset": cfg.data.dataset,
         "label": cfg.data.label,
         "num_classes": f.num_classes,
+        "source": f.source,  # official | synthetic | custom
         "synthetic": f.synthetic,
         "loader": cfg.data.loader,
         "device": f.device,
@@ -169,7 +171,7 @@ def write_final(console: Console, run_dir: Path, f: RunFacts, out: Outcome, reco
         + (f" ({split} acc {acc:.2%})" if acc is not None else "")
         + f"; {summary['epochs_done']} epochs in {out.wall_s:.1f}s (checkpoints {out.ckpt_s:.1f}s)"
         + f"; results in {run_dir}"
-        + ("  [bold black on yellow] SYNTHETIC DATA [/]" if f.synthetic else ""),
+        + (f"  {badge(f.source)}" if badge(f.source) else ""),
         soft_wrap=True,
     )
 

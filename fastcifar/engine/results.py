@@ -10,6 +10,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from fastcifar.data.source import label as source_label
+from fastcifar.data.source import source_of
 from fastcifar.engine.metrics import read_jsonl
 from fastcifar.errors import FastcifarError
 
@@ -28,7 +30,7 @@ def find_runs(dirs: list[str | os.PathLike]) -> list[Path]:
 
 
 def results_table(dirs: list[str | os.PathLike]) -> list[dict]:
-    """One row per run: config name, description, best accuracy and epoch, img/s, wall time, loader, synthetic flag.
+    """One row per run: config name, description, best accuracy and epoch, img/s, wall time, loader, data source.
 
     Finished runs read summary.json; unfinished ones (crashed or still running) are summarized from
     metrics.jsonl and marked `status: incomplete`.
@@ -51,7 +53,9 @@ def _row(run: Path) -> dict:
     }
     summary_path = run / "summary.json"
     s = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    row.update(synthetic=s.get("synthetic"), device=s.get("device_name") or s.get("device"), loader=s.get("loader", row["loader"]))
+    source = source_of(s)
+    row.update(source=source, synthetic=source == "synthetic" if source else None,  # official | synthetic | custom
+               device=s.get("device_name") or s.get("device"), loader=s.get("loader", row["loader"]))
     if s.get("status") in ("done", "early-stopped"):
         row.update(
             status=s["status"],
@@ -101,7 +105,8 @@ def print_results(dirs: list[str | os.PathLike], console: Console | None = None)
         label = r["name"] or r["run"]
         if r["description"]:
             label += f"\n[dim]{first_sentence(r['description'])}[/]"
-        data = f"{r['dataset'] or '-'}" + ("\n[bold yellow]SYNTHETIC[/]" if r["synthetic"] else "")
+        shown = r["source"] not in (None, "official")  # official is the default; the others stand out
+        data = f"{r['dataset'] or '-'}" + (f"\n{source_label(r['source'], styled=True)}" if shown else "")
         table.add_row(
             label,
             data,
