@@ -183,7 +183,7 @@ class TrainStep:
         from fastcifar.models import build_model
 
         memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
-        self.model = build_model(cfg.model, num_classes).to(device=device, memory_format=memory_format)
+        self.model = build_model(cfg.model, num_classes, cfg.augment.image_size, cfg.augment.scales).to(device=device, memory_format=memory_format)
         self.model.train()
         if cfg.train.compile:  # in place, as the trainer does; compilation itself happens in the first step
             # A fresh dynamo state per cell: otherwise the next image size reuses the cache, recompiles with

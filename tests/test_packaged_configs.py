@@ -38,7 +38,7 @@ def test_packaged_config_builds_and_steps_on_cpu(name, prepared_root):
     x, targets = augment.train_batch(images, labels)
     assert x.shape == (4, 3, cfg.augment.image_size, cfg.augment.image_size)
 
-    model = build_model(dataclasses.replace(cfg.model, pretrained=False), num_classes)
+    model = build_model(dataclasses.replace(cfg.model, pretrained=False), num_classes, cfg.augment.image_size, cfg.augment.scales)
     model.train()
     loss = build_criterion(cfg)(model(x[:2]), targets[:2])
     assert torch.isfinite(loss)

@@ -88,7 +88,7 @@ def evaluate(
 def _load_model(cfg, state: dict, num_classes: int, device: torch.device, source: str) -> torch.nn.Module:
     from fastcifar.models import build_model, load_weights
 
-    model = build_model(dataclasses.replace(cfg.model, pretrained=False), num_classes)  # weights come from the checkpoint
+    model = build_model(dataclasses.replace(cfg.model, pretrained=False), num_classes, cfg.augment.image_size, cfg.augment.scales)  # weights: the checkpoint
     load_weights(model, eval_weights(state), source)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
     return model.to(device, memory_format=memory_format).eval()

@@ -60,7 +60,8 @@ def load_teacher(cfg: Config, num_classes: int, device: torch.device) -> nn.Modu
                       f"is {cfg.distill.teacher_image_size}; it will score inputs of a size it never saw.", stacklevel=2)
     # Weights come from the checkpoint: never download hub weights again for the teacher.
     model_cfg = dataclasses.replace(teacher_cfg.model, pretrained=False)
-    teacher = build_model(model_cfg, num_classes)
+    sizes = [*teacher_cfg.augment.scales, cfg.distill.teacher_image_size]  # a fixed-size teacher must run at the distill size
+    teacher = build_model(model_cfg, num_classes, teacher_cfg.augment.image_size, sizes)
     load_weights(teacher, eval_weights(state), str(path))
     memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
     teacher = teacher.to(device, memory_format=memory_format).eval()

@@ -156,7 +156,7 @@ class Trainer:
         are not fetched first (a resume must work offline and after the weights file has moved)."""
         cfg, device = self.cfg, self.device
         model_cfg = dataclasses.replace(cfg.model, pretrained=False) if weights_follow else cfg.model
-        model = build_model(model_cfg, self.data.num_classes)
+        model = build_model(model_cfg, self.data.num_classes, cfg.augment.image_size, cfg.augment.scales)
         if cfg.train.init_from:  # weights only; optimizer, schedule and epoch start fresh
             load_weights(model, eval_weights(load_checkpoint(cfg.train.init_from)), cfg.train.init_from)
         memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
