@@ -121,7 +121,7 @@ def build_model(cfg: ModelConfig, num_classes: int, image_size: int | None = Non
     _check_model_name(cfg.name)
     others = sorted({int(s) for s in scales} - {image_size}) if image_size is not None else []
     pretrained, overlay, stem = _weights_overlay(cfg)
-    backbone = create_backbone(cfg, 0, image_size, dynamic=bool(others), pretrained=pretrained, overlay=overlay)
+    backbone = create_backbone(cfg, 0, image_size, dynamic=bool(others), pretrained=pretrained, overlay=overlay, placed=set(stem))
     if cfg.cifar_stem:
         apply_cifar_stem(backbone, cfg.name, stem, loaded=pretrained)
     if image_size is not None:
@@ -172,12 +172,13 @@ def model_kwargs(cfg: ModelConfig, image_size: int | None, dynamic: bool) -> dic
 
 
 def create_backbone(cfg: ModelConfig, num_classes: int = 0, image_size: int | None = None, dynamic: bool = False,
-                    pretrained: bool = False, overlay: dict | None = None) -> nn.Module:
+                    pretrained: bool = False, overlay: dict | None = None, placed: set[str] = frozenset()) -> nn.Module:
     """`timm.create_model(cfg.name, ...)` with our sizes and weights, timm's load report turned into our messages.
 
     Args:
         num_classes: 0 for the pooled-features backbone; C for the plain timm classifier `fastcifar export` writes.
         pretrained, overlay: as `_weights_overlay` returns them.
+        placed: keys held back from timm that the caller loads itself (not reported missing).
     """
     import timm
 
@@ -206,6 +207,7 @@ def create_backbone(cfg: ModelConfig, num_classes: int = 0, image_size: int | No
             if isinstance(cfg_dict, dict):
                 cfg_dict.pop("state_dict", None)
     if pretrained:
+        report["missing"] = [k for k in report["missing"] if k not in placed]
         _check_load_report(report, model, what, cfg.name)
     return model
 
@@ -329,7 +331,8 @@ def _check_sizes(backbone: nn.Module, name: str, image_size: int, others: Sequen
                 if side == image_size:
                     fix = f"set augment.image_size to a side it supports (timm's default for it is {default} px) or pick another model"
                 else:
-                    fix = f"drop {side} from augment.scales (it was built for {image_size} px and cannot change size) or pick another model"
+                    how = "with dynamic_img_size" if getattr(backbone, "dynamic_img_size", False) else "and this family cannot change size"
+                    fix = f"drop {side} from augment.scales (it was built for {image_size} px {how}) or pick another model"
                 reason = (str(e).strip().splitlines() or [""])[0].rstrip(".")
                 raise FastcifarError(f"Model '{name}' cannot run on {side} px images ({type(e).__name__}: {reason}); {fix}.") from None
     finally:
