@@ -223,6 +223,8 @@ def _weights_overlay(cfg: ModelConfig) -> tuple[bool, dict | None, dict[str, Ten
     if not (isinstance(cfg.pretrained, str) and cfg.pretrained):
         return False, None, {}
     path = Path(cfg.pretrained).expanduser()
+    if path.is_dir() and (path / "best.pt").is_file():  # a fastcifar run folder: its best checkpoint
+        path = path / "best.pt"
     if path.is_dir():
         raise FastcifarError(f"model.pretrained '{path}' is a folder; a timm folder is a model name (model.name: local-dir:{path}, "
                              f"model.pretrained: true), else give the weights file inside it.")
@@ -504,6 +506,7 @@ def load_weights(model: nn.Module, state_dict: dict[str, Tensor], source: str) -
         example = (mismatched or missing or unexpected)[0]
         raise FastcifarError(
             f"Checkpoint {source} does not fit this model ({len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(mismatched)} of another shape, e.g. '{example}'); set model.name/model.cifar_stem/model.embedding_dim as in the run that saved it."
+            f"{len(mismatched)} of another shape, e.g. '{example}'); set model.name/model.cifar_stem/model.embedding_dim/model.kwargs (and "
+            f"augment.image_size for fixed-size models) as in the run that saved it, or take its backbone with model.pretrained: {source}."
         )
     target.load_state_dict(state, strict=True)
