@@ -150,3 +150,26 @@ def test_resume_and_eval_need_no_weights_file(prepared_root, tmp_path):
     run, records, _ = run_tiny(root, tmp_path / "runs", model={"name": "test_vit", "pretrained": str(weights)}, train={"epochs": 1})
     weights.unlink()
     assert evaluate(run, root=str(root), device="cpu")["acc"] == pytest.approx(records[-1]["test_acc"])
+
+
+@pytest.mark.parametrize("name", ["test_resnet", "test_efficientnet", "mobilenetv3_small_050"])
+def test_cifar_stem_keeps_serving_its_families(name):
+    model = build_model(ModelConfig(name=name, cifar_stem=True), 10, image_size=32)
+    first = model.backbone.conv1[0] if name == "test_resnet" else model.backbone.conv_stem
+    assert first.stride == (1, 1) and model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_init_from_and_a_run_folder_as_pretrained_fetch_nothing(prepared_root, tmp_path, monkeypatch):
+    """init_from overwrites every weight, so `pretrained: true` is not fetched (offline here: a fetch would fail);
+    a run folder as model.pretrained gives its best.pt's backbone."""
+    import huggingface_hub.constants as hf
+
+    root = prepared_root("cifar10")
+    first, _, _ = run_tiny(root, tmp_path / "runs", train={"epochs": 1})
+    monkeypatch.setattr(hf, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    _, records, _ = run_tiny(root, tmp_path / "runs", model={"pretrained": True}, train={"epochs": 1, "init_from": str(first)})
+    assert records[-1]["step"] == 8
+    state = torch.load(first / "best.pt", weights_only=True)["model"]
+    model = build_model(ModelConfig(name="test_resnet", pretrained=str(first)), 100, image_size=32)
+    assert all(torch.equal(v, state[f"backbone.{k}"]) for k, v in model.backbone.state_dict().items())
