@@ -47,8 +47,14 @@ BN_EPS = 1e-5  # nn.BatchNorm1d's default, which MarginHead uses
 _TOLERANCE = 1e-4  # rtol and atol of the self-check, float32 logits
 
 
-def export_run(target: str | os.PathLike, out_dir: str | os.PathLike, ema: bool | None = None, root: str | None = None,
-               push: str | None = None, console: Console | None = None) -> Path:
+def export_run(
+    target: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    ema: bool | None = None,
+    root: str | None = None,
+    push: str | None = None,
+    console: Console | None = None,
+) -> Path:
     """Write the run's weights as a timm model folder; optionally upload it to the Hugging Face hub.
 
     Args:
@@ -67,8 +73,10 @@ def export_run(target: str | os.PathLike, out_dir: str | os.PathLike, ema: bool 
     state = load_checkpoint(path)
     cfg = from_dict(state["config"])
     if cfg.model.cifar_stem:
-        raise FastcifarError(f"Run '{path.parent}' uses model.cifar_stem, a stride-1 stem without max-pool that no timm argument builds, "
-                             f"so plain timm could not rebuild it; load it with fastcifar, or train with model.cifar_stem: false to export.")
+        raise FastcifarError(
+            f"Run '{path.parent}' uses model.cifar_stem, a stride-1 stem without max-pool that no timm argument builds, "
+            f"so plain timm could not rebuild it; load it with fastcifar, or train with model.cifar_stem: false to export."
+        )
     if root is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(root)))
     out = _check_out_dir(Path(out_dir).expanduser())
@@ -96,7 +104,9 @@ def export_run(target: str | os.PathLike, out_dir: str | os.PathLike, ema: bool 
 
 def _check_out_dir(out: Path) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FastcifarError(f"Export folder '{out}' already exists and is not empty; give a new folder or delete it first.")
+        raise FastcifarError(
+            f"Export folder '{out}' already exists and is not empty; give a new folder or delete it first."
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -112,7 +122,9 @@ def _weights(state: dict, ema: bool | None, path: Path) -> dict[str, Tensor]:
 def _fastcifar_model(cfg: Config, weights: dict[str, Tensor], num_classes: int, source: str) -> nn.Module:
     from fastcifar.models import build_model, load_weights
 
-    model = build_model(dataclasses.replace(cfg.model, pretrained=False), num_classes, cfg.augment.image_size, cfg.augment.scales)
+    model = build_model(
+        dataclasses.replace(cfg.model, pretrained=False), num_classes, cfg.augment.image_size, cfg.augment.scales
+    )
     load_weights(model, weights, source)
     return model.eval()
 
@@ -128,21 +140,29 @@ def to_timm(model: nn.Module, cfg: Config) -> nn.Module:
 
     linear = model.head_kind == "linear"
     dynamic = bool(set(cfg.augment.scales) - {cfg.augment.image_size})
-    timm_model = create_backbone(dataclasses.replace(cfg.model, pretrained=False), model.num_classes if linear else 0,
-                                 cfg.augment.image_size, dynamic).eval()
+    timm_model = create_backbone(
+        dataclasses.replace(cfg.model, pretrained=False),
+        model.num_classes if linear else 0,
+        cfg.augment.image_size,
+        dynamic,
+    ).eval()
     state = dict(model.backbone.state_dict())
     if linear:
         classifier = timm_model.get_classifier()
         name = next((n for n, m in timm_model.named_modules() if m is classifier), None)
         if not isinstance(classifier, nn.Linear) or name is None:
-            raise FastcifarError(f"'{cfg.model.name}'s timm classifier is a {type(classifier).__name__}, not one Linear layer, so "
-                                 f"the run's linear head has no place in it; export supports single-Linear-classifier models.")
+            raise FastcifarError(
+                f"'{cfg.model.name}'s timm classifier is a {type(classifier).__name__}, not one Linear layer, so "
+                f"the run's linear head has no place in it; export supports single-Linear-classifier models."
+            )
         state[f"{name}.weight"], state[f"{name}.bias"] = model.head.fc.weight, model.head.fc.bias
     try:
         timm_model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise FastcifarError(f"The run's weights do not fit a plain timm '{cfg.model.name}' ({str(e).splitlines()[-1].strip()}); "
-                             f"it cannot be exported as a timm model.") from None
+        raise FastcifarError(
+            f"The run's weights do not fit a plain timm '{cfg.model.name}' ({str(e).splitlines()[-1].strip()}); "
+            f"it cannot be exported as a timm model."
+        ) from None
     return timm_model
 
 
@@ -150,8 +170,15 @@ def margin_logits(features: Tensor, head: dict[str, Tensor], s: float) -> Tensor
     """The margin head in plain torch, as README's snippet writes it: features [B, F] -> s * cos [B, C]."""
     import torch.nn.functional as F
 
-    x = F.batch_norm(features @ head["proj.weight"].T, head["bn.running_mean"], head["bn.running_var"],
-                     head["bn.weight"], head["bn.bias"], training=False, eps=BN_EPS)
+    x = F.batch_norm(
+        features @ head["proj.weight"].T,
+        head["bn.running_mean"],
+        head["bn.running_var"],
+        head["bn.weight"],
+        head["bn.bias"],
+        training=False,
+        eps=BN_EPS,
+    )
     return s * F.normalize(x, dim=1) @ F.normalize(head["weight"], dim=1).T
 
 
@@ -165,8 +192,10 @@ def _check_same(model: nn.Module, timm_model: nn.Module, cfg: Config) -> None:
         if model.head_kind != "linear":
             got = margin_logits(got, dict(model.head.state_dict()), model.margin_s)
     if got.shape != want.shape or not torch.allclose(got, want, rtol=_TOLERANCE, atol=_TOLERANCE):
-        raise FastcifarError(f"The plain timm '{cfg.model.name}' does not reproduce the run's logits (largest difference "
-                             f"{(got - want).abs().max().item() if got.shape == want.shape else 'shape'}); it cannot be exported as a timm model.")
+        raise FastcifarError(
+            f"The plain timm '{cfg.model.name}' does not reproduce the run's logits (largest difference "
+            f"{(got - want).abs().max().item() if got.shape == want.shape else 'shape'}); it cannot be exported as a timm model."
+        )
 
 
 def _write(folder: Path, timm_model: nn.Module, model: nn.Module, cfg: Config, info, state: dict) -> None:
@@ -195,7 +224,12 @@ def _write(folder: Path, timm_model: nn.Module, model: nn.Module, cfg: Config, i
     if linear:
         model_config["label_names"] = list(info.class_names)
     else:
-        extra.update(margin_s=model.margin_s, num_classes=model.num_classes, head_file=MARGIN_FILE, class_names=list(info.class_names))
+        extra.update(
+            margin_s=model.margin_s,
+            num_classes=model.num_classes,
+            head_file=MARGIN_FILE,
+            class_names=list(info.class_names),
+        )
     save_for_hf(timm_model, str(folder), model_config=model_config, safe_serialization=True, data_config=data_config)
     if not linear:
         from safetensors.torch import save_file
@@ -207,26 +241,32 @@ def _write(folder: Path, timm_model: nn.Module, model: nn.Module, cfg: Config, i
 def model_card(folder: Path, cfg: Config, extra: dict, data_config: dict) -> str:
     """A short README: what the weights are, and how to load them with timm alone."""
     data = f"{cfg.data.dataset}{' (SYNTHETIC stand-in data: not an accuracy claim)' if extra['synthetic_data'] else ''}"
-    load = ("import timm, torch\n"
-            "from timm.data import resolve_data_config, create_transform\n"
-            "model = timm.create_model('local-dir:PATH', pretrained=True).eval()  # or 'hf-hub:ORG/NAME'\n"
-            "transform = create_transform(**resolve_data_config({}, model=model))  # PIL image -> normalized tensor\n")
+    load = (
+        "import timm, torch\n"
+        "from timm.data import resolve_data_config, create_transform\n"
+        "model = timm.create_model('local-dir:PATH', pretrained=True).eval()  # or 'hf-hub:ORG/NAME'\n"
+        "transform = create_transform(**resolve_data_config({}, model=model))  # PIL image -> normalized tensor\n"
+    )
     if extra["head"] == "linear":
         load += "logits = model(transform(image).unsqueeze(0))\n"
     else:
-        load += ("from safetensors.torch import load_file\n"
-                 "import torch.nn.functional as F\n"
-                 f"head = load_file('PATH/{MARGIN_FILE}')\n"
-                 f"features = model(transform(image).unsqueeze(0))  # [B, F] pooled features\n"
-                 f"x = F.batch_norm(features @ head['proj.weight'].T, head['bn.running_mean'], head['bn.running_var'],\n"
-                 f"                 head['bn.weight'], head['bn.bias'], training=False, eps={BN_EPS})\n"
-                 f"logits = {extra['margin_s']} * F.normalize(x, dim=1) @ F.normalize(head['weight'], dim=1).T  # s * cos\n")
-    return (f"---\nlibrary_name: timm\ntags:\n- image-classification\n- timm\n- fastcifar\n---\n"
-            f"# {cfg.name}\n\n{cfg.description}\n\n"
-            f"Trained with fastcifar on {data}, {extra['epoch']} epochs, `{cfg.model.name}` at {data_config['input_size'][-1]} px, "
-            f"{extra['head']} head. Inputs: {data_config['input_size'][-1]} px, mean {json.dumps([round(m, 6) for m in data_config['mean']])}, "
-            f"std {json.dumps([round(s, 6) for s in data_config['std']])} on the 0-1 scale (config.json holds them).\n\n"
-            f"```python\n{load}```\n")
+        load += (
+            "from safetensors.torch import load_file\n"
+            "import torch.nn.functional as F\n"
+            f"head = load_file('PATH/{MARGIN_FILE}')\n"
+            f"features = model(transform(image).unsqueeze(0))  # [B, F] pooled features\n"
+            f"x = F.batch_norm(features @ head['proj.weight'].T, head['bn.running_mean'], head['bn.running_var'],\n"
+            f"                 head['bn.weight'], head['bn.bias'], training=False, eps={BN_EPS})\n"
+            f"logits = {extra['margin_s']} * F.normalize(x, dim=1) @ F.normalize(head['weight'], dim=1).T  # s * cos\n"
+        )
+    return (
+        f"---\nlibrary_name: timm\ntags:\n- image-classification\n- timm\n- fastcifar\n---\n"
+        f"# {cfg.name}\n\n{cfg.description}\n\n"
+        f"Trained with fastcifar on {data}, {extra['epoch']} epochs, `{cfg.model.name}` at {data_config['input_size'][-1]} px, "
+        f"{extra['head']} head. Inputs: {data_config['input_size'][-1]} px, mean {json.dumps([round(m, 6) for m in data_config['mean']])}, "
+        f"std {json.dumps([round(s, 6) for s in data_config['std']])} on the 0-1 scale (config.json holds them).\n\n"
+        f"```python\n{load}```\n"
+    )
 
 
 def push_folder(folder: Path, repo_id: str) -> None:
@@ -241,5 +281,7 @@ def push_folder(folder: Path, repo_id: str) -> None:
         repo = api.create_repo(repo_id, exist_ok=True)
         api.upload_folder(repo_id=repo.repo_id, folder_path=str(folder), commit_message="fastcifar export")
     except Exception as e:  # network, authentication, permissions: the hub's exception types vary by version
-        raise FastcifarError(f"Could not push to the Hugging Face hub repo '{repo_id}' (no network or not logged in? "
-                             f"{type(e).__name__}); {later} after `hf auth login`.") from None
+        raise FastcifarError(
+            f"Could not push to the Hugging Face hub repo '{repo_id}' (no network or not logged in? "
+            f"{type(e).__name__}); {later} after `hf auth login`."
+        ) from None

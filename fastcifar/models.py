@@ -95,7 +95,7 @@ class Classifier(nn.Module):
         top = max(layers.values(), default=-1) + 1
 
         def layer_of(name: str) -> int:
-            return layers.get(name[len("backbone."):], top) if name.startswith("backbone.") else top
+            return layers.get(name[len("backbone.") :], top) if name.startswith("backbone.") else top
 
         return layer_of
 
@@ -103,7 +103,9 @@ class Classifier(nn.Module):
 # ---------------------------------------------------------------------------- building
 
 
-def build_model(cfg: ModelConfig, num_classes: int, image_size: int | None = None, scales: Sequence[int] = ()) -> Classifier:
+def build_model(
+    cfg: ModelConfig, num_classes: int, image_size: int | None = None, scales: Sequence[int] = ()
+) -> Classifier:
     """Create the model `cfg` describes, on the CPU in float32 (the trainer moves it).
 
     Args:
@@ -121,13 +123,17 @@ def build_model(cfg: ModelConfig, num_classes: int, image_size: int | None = Non
     _check_model_name(cfg.name)
     others = sorted({int(s) for s in scales} - {image_size}) if image_size is not None else []
     pretrained, overlay, stem = _weights_overlay(cfg)
-    backbone = create_backbone(cfg, 0, image_size, dynamic=bool(others), pretrained=pretrained, overlay=overlay, placed=set(stem))
+    backbone = create_backbone(
+        cfg, 0, image_size, dynamic=bool(others), pretrained=pretrained, overlay=overlay, placed=set(stem)
+    )
     if cfg.cifar_stem:
         apply_cifar_stem(backbone, cfg.name, stem, loaded=pretrained)
     if image_size is not None:
         _check_sizes(backbone, cfg.name, image_size, others)
     width = getattr(backbone, "head_hidden_size", None) or backbone.num_features  # what num_classes=0 outputs
-    head = build_head(cfg.head, width, num_classes, embedding_dim=cfg.embedding_dim, s=cfg.margin_s, drop_rate=cfg.drop_rate)
+    head = build_head(
+        cfg.head, width, num_classes, embedding_dim=cfg.embedding_dim, s=cfg.margin_s, drop_rate=cfg.drop_rate
+    )
     margin_s = cfg.margin_s if cfg.head in MARGIN_HEADS else None
     return Classifier(backbone, head, num_classes, margin_s)
 
@@ -139,15 +145,23 @@ def _check_model_name(name: str) -> None:
     try:
         source, ident = parse_model_name(name)
     except ValueError as e:
-        raise FastcifarError(f"model.name '{name}' is not a timm model name ({e}); write hf-hub:ORG/NAME or local-dir:PATH for those sources.") from None
+        raise FastcifarError(
+            f"model.name '{name}' is not a timm model name ({e}); write hf-hub:ORG/NAME or local-dir:PATH for those sources."
+        ) from None
     if source == "local-dir":
         if not (Path(ident).expanduser() / "config.json").is_file():
-            raise FastcifarError(f"model.name '{name}': '{ident}' has no config.json; give a folder written by timm's save_for_hf or `fastcifar export`.")
+            raise FastcifarError(
+                f"model.name '{name}': '{ident}' has no config.json; give a folder written by timm's save_for_hf or `fastcifar export`."
+            )
         return
     if source is not None or timm.is_model(name):
         return
     match = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
-    hint = f"did you mean {', '.join(match)}?" if match else "`python -c \"import timm; print(timm.list_models('resnet*'))\"` lists names."
+    hint = (
+        f"did you mean {', '.join(match)}?"
+        if match
+        else "`python -c \"import timm; print(timm.list_models('resnet*'))\"` lists names."
+    )
     raise FastcifarError(f"model.name '{name}' is not a timm model; {hint}")
 
 
@@ -171,8 +185,15 @@ def model_kwargs(cfg: ModelConfig, image_size: int | None, dynamic: bool) -> dic
     return kwargs
 
 
-def create_backbone(cfg: ModelConfig, num_classes: int = 0, image_size: int | None = None, dynamic: bool = False,
-                    pretrained: bool = False, overlay: dict | None = None, placed: set[str] = frozenset()) -> nn.Module:
+def create_backbone(
+    cfg: ModelConfig,
+    num_classes: int = 0,
+    image_size: int | None = None,
+    dynamic: bool = False,
+    pretrained: bool = False,
+    overlay: dict | None = None,
+    placed: set[str] = frozenset(),
+) -> nn.Module:
     """`timm.create_model(cfg.name, ...)` with our sizes and weights, timm's load report turned into our messages.
 
     Args:
@@ -187,20 +208,30 @@ def create_backbone(cfg: ModelConfig, num_classes: int = 0, image_size: int | No
     with _hub_errors(cfg.name), _timm_load_report() as report:
         try:
             try:
-                model = timm.create_model(cfg.name, pretrained=pretrained, pretrained_cfg_overlay=overlay, num_classes=num_classes, **kwargs)
+                model = timm.create_model(
+                    cfg.name, pretrained=pretrained, pretrained_cfg_overlay=overlay, num_classes=num_classes, **kwargs
+                )
             except TypeError as e:  # this family has no dynamic_img_size: build it fixed, the size check decides
                 if "dynamic_img_size" not in str(e) or "dynamic_img_size" in cfg.kwargs:
                     raise
                 kwargs.pop("dynamic_img_size")
-                model = timm.create_model(cfg.name, pretrained=pretrained, pretrained_cfg_overlay=overlay, num_classes=num_classes, **kwargs)
+                model = timm.create_model(
+                    cfg.name, pretrained=pretrained, pretrained_cfg_overlay=overlay, num_classes=num_classes, **kwargs
+                )
         except TypeError as e:
-            raise FastcifarError(f"timm could not build '{cfg.name}' with {sorted(kwargs)} ({e}); fix model.kwargs or pick another model.") from None
+            raise FastcifarError(
+                f"timm could not build '{cfg.name}' with {sorted(kwargs)} ({e}); fix model.kwargs or pick another model."
+            ) from None
         except RuntimeError as e:  # torch's load_state_dict: a tensor of another shape
             if "Error(s) in loading state_dict" not in str(e):
                 raise
-            first = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e).splitlines()[0])
-            raise FastcifarError(f"The {what} do not fit '{cfg.name}' ({first.rstrip('.')}); set model.name, model.cifar_stem "
-                                 f"and model.kwargs to those of the model that saved them.") from None
+            first = next(
+                (line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e).splitlines()[0]
+            )
+            raise FastcifarError(
+                f"The {what} do not fit '{cfg.name}' ({first.rstrip('.')}); set model.name, model.cifar_stem "
+                f"and model.kwargs to those of the model that saved them."
+            ) from None
     if overlay and "state_dict" in overlay:  # timm keeps the overlay in pretrained_cfg: do not hold a second copy
         for attr in ("pretrained_cfg", "default_cfg"):
             cfg_dict = getattr(model, attr, None)
@@ -218,7 +249,10 @@ def _weights_overlay(cfg: ModelConfig) -> tuple[bool, dict | None, dict[str, Ten
         from timm.models import is_model_pretrained, parse_model_name
 
         if parse_model_name(cfg.name)[0] is None and not is_model_pretrained(cfg.name):
-            raise FastcifarError(f"timm has no pretrained weights for '{cfg.name}'; pick a tagged name such as resnet18.a1_in1k, or set model.pretrained: false.")
+            raise FastcifarError(
+                f"timm has no pretrained weights for '{cfg.name}'; pick a tagged name such as resnet18.a1_in1k, "
+                f"or set model.pretrained: false."
+            )
         return True, None, {}
     if not (isinstance(cfg.pretrained, str) and cfg.pretrained):
         return False, None, {}
@@ -226,15 +260,19 @@ def _weights_overlay(cfg: ModelConfig) -> tuple[bool, dict | None, dict[str, Ten
     if path.is_dir() and (path / "best.pt").is_file():  # a fastcifar run folder: its best checkpoint
         path = path / "best.pt"
     if path.is_dir():
-        raise FastcifarError(f"model.pretrained '{path}' is a folder; a timm folder is a model name (model.name: local-dir:{path}, "
-                             f"model.pretrained: true), else give the weights file inside it.")
+        raise FastcifarError(
+            f"model.pretrained '{path}' is a folder; a timm folder is a model name (model.name: local-dir:{path}, "
+            f"model.pretrained: true), else give the weights file inside it."
+        )
     # `source: None` makes timm read `file`/`state_dict` even for hf-hub:/local-dir: names (their own source wins otherwise)
     if not _is_fastcifar_file(path):
         return True, {"file": str(path), "source": None}, {}
     state = strip_wrapper_prefixes(read_weights(path))
-    state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}  # timm keys
+    state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}  # timm keys
     stem = {}
-    if cfg.cifar_stem and "conv1.weight" in state and state["conv1.weight"].shape[-1] == 3:  # a cifar-stem ResNet's 3x3 conv1
+    if (
+        cfg.cifar_stem and "conv1.weight" in state and state["conv1.weight"].shape[-1] == 3
+    ):  # a cifar-stem ResNet's 3x3 conv1
         stem["conv1.weight"] = state.pop("conv1.weight")
     return True, {"state_dict": state, "source": None}, stem
 
@@ -258,8 +296,10 @@ def _is_fastcifar_file(path: Path) -> bool:
     except FastcifarError:
         raise
     except Exception as e:
-        raise FastcifarError(f"Could not read weights file '{path}' ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                             f"give a .safetensors file or a torch.save'd state dict.") from None
+        raise FastcifarError(
+            f"Could not read weights file '{path}' ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            f"give a .safetensors file or a torch.save'd state dict."
+        ) from None
     return any(k.startswith("backbone.") for k in strip_wrapper_prefixes(dict.fromkeys(keys)))
 
 
@@ -293,10 +333,15 @@ def _check_load_report(report: dict[str, list[str]], model: nn.Module, what: str
     own = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]  # BatchNorm fills that one itself
     missing, unexpected = report["missing"], report["unexpected"]
     if own and len(missing) >= len(own):
-        raise FastcifarError(f"The {what} fit none of '{name}'s {len(own)} tensors; set model.name to the architecture they were saved from.")
+        raise FastcifarError(
+            f"The {what} fit none of '{name}'s {len(own)} tensors; set model.name to the architecture they were saved from."
+        )
     if missing or unexpected:
-        warnings.warn(f"{what}: loaded {len(own) - len(missing)} of {len(own)} backbone tensors; {len(missing)} missing (kept at init: "
-                      f"{', '.join(missing[:3]) or '-'}), {len(unexpected)} unexpected ({', '.join(unexpected[:3]) or '-'})", stacklevel=3)
+        warnings.warn(
+            f"{what}: loaded {len(own) - len(missing)} of {len(own)} backbone tensors; {len(missing)} missing (kept at init: "
+            f"{', '.join(missing[:3]) or '-'}), {len(unexpected)} unexpected ({', '.join(unexpected[:3]) or '-'})",
+            stacklevel=3,
+        )
 
 
 @contextmanager
@@ -308,7 +353,9 @@ def _hub_errors(name: str) -> Iterator[None]:
         raise
     except Exception as e:  # the hub raises OSError, httpx and requests errors alike; all mean "nothing reached us"
         module = type(e).__module__.split(".")[0]
-        if module not in ("huggingface_hub", "httpx", "httpcore", "requests", "urllib3", "urllib") and not isinstance(e, (OSError, ConnectionError)):
+        if module not in ("huggingface_hub", "httpx", "httpcore", "requests", "urllib3", "urllib") and not isinstance(
+            e, (OSError, ConnectionError)
+        ):
             raise
         from huggingface_hub import constants
 
@@ -333,10 +380,16 @@ def _check_sizes(backbone: nn.Module, name: str, image_size: int, others: Sequen
                 if side == image_size:
                     fix = f"set augment.image_size to a side it supports (timm's default for it is {default} px) or pick another model"
                 else:
-                    how = "with dynamic_img_size" if getattr(backbone, "dynamic_img_size", False) else "and this family cannot change size"
+                    how = (
+                        "with dynamic_img_size"
+                        if getattr(backbone, "dynamic_img_size", False)
+                        else "and this family cannot change size"
+                    )
                     fix = f"drop {side} from augment.scales (it was built for {image_size} px {how}) or pick another model"
                 reason = (str(e).strip().splitlines() or [""])[0].rstrip(".")
-                raise FastcifarError(f"Model '{name}' cannot run on {side} px images ({type(e).__name__}: {reason}); {fix}.") from None
+                raise FastcifarError(
+                    f"Model '{name}' cannot run on {side} px images ({type(e).__name__}: {reason}); {fix}."
+                ) from None
     finally:
         backbone.train(was_training)
 
@@ -344,7 +397,9 @@ def _check_sizes(backbone: nn.Module, name: str, image_size: int, others: Sequen
 # ---------------------------------------------------------------------------- CIFAR stem
 
 
-def apply_cifar_stem(backbone: nn.Module, name: str = "", stem: dict[str, Tensor] | None = None, loaded: bool = False) -> None:
+def apply_cifar_stem(
+    backbone: nn.Module, name: str = "", stem: dict[str, Tensor] | None = None, loaded: bool = False
+) -> None:
     """Make the stem keep 32 px images at full resolution into the first stage (in place).
 
     - timm ResNet family (resnet*, resnext*, seresnet*, wide_resnet*): a 7x7/2 `conv1` is replaced by a
@@ -371,13 +426,18 @@ def apply_cifar_stem(backbone: nn.Module, name: str = "", stem: dict[str, Tensor
         if isinstance(conv, nn.Sequential):  # deep stem: conv3x3/2, conv3x3, conv3x3
             conv[0].stride = (1, 1)
         else:
-            backbone.conv1 = nn.Conv2d(conv.in_channels, conv.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+            backbone.conv1 = nn.Conv2d(
+                conv.in_channels, conv.out_channels, kernel_size=3, stride=1, padding=1, bias=False
+            )
             weight = stem.pop("conv1.weight", None)
             if weight is not None and weight.shape == backbone.conv1.weight.shape:
                 with torch.no_grad():
                     backbone.conv1.weight.copy_(weight)
             elif loaded:
-                warnings.warn(f"model.cifar_stem: '{name}' gets a fresh 3x3 stride-1 conv1; the pretrained 7x7 conv1 is not used.", stacklevel=3)
+                warnings.warn(
+                    f"model.cifar_stem: '{name}' gets a fresh 3x3 stride-1 conv1; the pretrained 7x7 conv1 is not used.",
+                    stacklevel=3,
+                )
         backbone.maxpool = nn.Identity()
     elif isinstance(backbone, (EfficientNet, MobileNetV3)):
         backbone.conv_stem.stride = (1, 1)
@@ -387,7 +447,10 @@ def apply_cifar_stem(backbone: nn.Module, name: str = "", stem: dict[str, Tensor
             f"name, or set model.cifar_stem: false and upsample with augment.image_size: 224."
         )
     if stem:
-        raise FastcifarError(f"The stem tensors {sorted(stem)} of model.pretrained do not fit '{name}'s CIFAR stem; set model.name to the architecture they were saved from.")
+        raise FastcifarError(
+            f"The stem tensors {sorted(stem)} of model.pretrained do not fit '{name}'s CIFAR stem; "
+            f"set model.name to the architecture they were saved from."
+        )
 
 
 # ---------------------------------------------------------------------------- weight files
@@ -410,8 +473,10 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise FastcifarError(f"Could not read weights file '{path}' ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                             f"give a .safetensors file or a torch.save'd state dict.") from None
+        raise FastcifarError(
+            f"Could not read weights file '{path}' ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            f"give a .safetensors file or a torch.save'd state dict."
+        ) from None
     return _as_state_dict(obj, path)
 
 
@@ -421,8 +486,11 @@ def _as_state_dict(obj: Any, source: Any) -> dict[str, Tensor]:
             if isinstance(obj.get(key), dict):
                 return _as_state_dict(obj[key], source)
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise FastcifarError(f"'{source}' holds no state dict of tensors (top-level keys: {list(obj)[:5] if isinstance(obj, dict) else type(obj).__name__}); "
-                             f"save model.state_dict(), or a dict with it under 'model'.")
+        raise FastcifarError(
+            f"'{source}' holds no state dict of tensors "
+            f"(top-level keys: {list(obj)[:5] if isinstance(obj, dict) else type(obj).__name__}); "
+            f"save model.state_dict(), or a dict with it under 'model'."
+        )
     return obj
 
 
@@ -435,7 +503,7 @@ def strip_wrapper_prefixes(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
             stripped = False
             for prefix in _WRAPPER_PREFIXES:
                 if key.startswith(prefix):
-                    key, stripped = key[len(prefix):], True
+                    key, stripped = key[len(prefix) :], True
         out[key] = value
     return out
 
@@ -495,9 +563,15 @@ def load_weights(model: nn.Module, state_dict: dict[str, Tensor], source: str) -
         )
     kind = getattr(target, "head_kind", None)
     if found and kind and found[0] != ("margin" if kind in MARGIN_HEADS else "linear"):
-        what = {"timm": "a bare timm classifier", "linear": "a linear head", "margin": "a margin (arcface/cosface) head"}[found[0]]
-        raise FastcifarError(f"Checkpoint {source} has {what} but this model has model.head: {kind}; set model.head to match it, "
-                             f"or keep only its backbone with model.pretrained: {source}.")
+        what = {
+            "timm": "a bare timm classifier",
+            "linear": "a linear head",
+            "margin": "a margin (arcface/cosface) head",
+        }[found[0]]
+        raise FastcifarError(
+            f"Checkpoint {source} has {what} but this model has model.head: {kind}; set model.head to match it, "
+            f"or keep only its backbone with model.pretrained: {source}."
+        )
     own = target.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

@@ -74,7 +74,9 @@ def test_export_loads_in_plain_timm_with_the_same_logits(prepared_root, tmp_path
     runs = {
         # a fixed-size ViT built at 32 px (model_args img_size) with EMA weights, and a margin head on a ResNet
         "vit": run_tiny(root, tmp_path / "runs", model={"name": "test_vit"}, train={"epochs": 1, "ema_decay": 0.9})[0],
-        "arcface": run_tiny(root, tmp_path / "runs", model={"head": "arcface", "embedding_dim": 32}, train={"epochs": 1})[0],
+        "arcface": run_tiny(
+            root, tmp_path / "runs", model={"head": "arcface", "embedding_dim": 32}, train={"epochs": 1}
+        )[0],
     }
     jobs = []
     for name, run in runs.items():
@@ -86,7 +88,12 @@ def test_export_loads_in_plain_timm_with_the_same_logits(prepared_root, tmp_path
     manifest = json.loads((root / "prepared" / "cifar10" / "manifest.json").read_text())
     assert config["pretrained_cfg"]["mean"] == pytest.approx([m / 255 for m in manifest["mean"]])
     assert config["pretrained_cfg"]["std"] == pytest.approx([s / 255 for s in manifest["std"]])
-    assert sorted(p.name for p in (tmp_path / "export-arcface").iterdir()) == ["README.md", "config.json", MARGIN_FILE, "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "export-arcface").iterdir()) == [
+        "README.md",
+        "config.json",
+        MARGIN_FILE,
+        "model.safetensors",
+    ]
 
     images = root / "prepared" / "cifar10" / "npy" / "test_images.npy"
     subprocess.run([sys.executable, "-c", TIMM_SIDE, str(images), json.dumps(jobs)], check=True, timeout=300)
@@ -104,14 +111,18 @@ def test_export_refuses_cifar_stem_nonempty_folder_and_missing_ema(tmp_path):
 
     cfg = from_dict({"model": {"name": "test_resnet", "cifar_stem": True}, "data": {"dataset": "cifar10"}})
     path = tmp_path / "best.pt"
-    torch.save({"model": build_model(cfg.model, 10).state_dict(), "ema": None, "config": to_dict(cfg), "epoch": 0}, path)
+    torch.save(
+        {"model": build_model(cfg.model, 10).state_dict(), "ema": None, "config": to_dict(cfg), "epoch": 0}, path
+    )
     with pytest.raises(FastcifarError, match=r"model.cifar_stem.*plain timm could not rebuild it"):
         export_run(path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
     plain = from_dict({"model": {"name": "test_resnet"}, "data": {"dataset": "cifar10"}})
-    torch.save({"model": build_model(plain.model, 10).state_dict(), "ema": None, "config": to_dict(plain), "epoch": 0}, path)
+    torch.save(
+        {"model": build_model(plain.model, 10).state_dict(), "ema": None, "config": to_dict(plain), "epoch": 0}, path
+    )
     with pytest.raises(FastcifarError, match=r"already exists and is not empty"):
         export_run(path, tmp_path / "full")
     with pytest.raises(FastcifarError, match=r"kept no EMA weights.*without --ema"):

@@ -17,7 +17,10 @@ from fastcifar.models import build_model
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # swin_tiny's layout (patch 4, window 7, four stages) at 0.7M parameters: a few steps take seconds on one core
-SMALL_SWIN = {"name": "swin_tiny_patch4_window7_224", "kwargs": {"embed_dim": 24, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2]}}
+SMALL_SWIN = {
+    "name": "swin_tiny_patch4_window7_224",
+    "kwargs": {"embed_dim": 24, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2]},
+}
 
 
 # ---------------------------------------------------------------------------- sizes
@@ -48,12 +51,16 @@ def test_model_that_cannot_run_at_a_size_says_so_in_one_sentence(capsys, tmp_pat
         build_model(ModelConfig(name="test_coatnet"), 10, image_size=32, scales=[48])
     message = str(info.value)
     assert message.startswith("Model 'test_coatnet' cannot run on 48 px images (RuntimeError:")
-    assert message.endswith("drop 48 from augment.scales (it was built for 32 px and this family cannot change size) or pick another model.")
+    assert message.endswith(
+        "drop 48 from augment.scales (it was built for 32 px and this family cannot change size) or pick another model."
+    )
     assert "\n" not in message
     # through the CLI: an error line, exit 2, no traceback (the size check runs before any data is read)
     config = tmp_path / "vit.yaml"
-    config.write_text("model: {name: test_vit}\ntrain: {device: cpu, compile: false}\naugment: {image_size: 8}\n"
-                      f"data: {{dataset: cifar10, root: '{tmp_path}'}}\n")
+    config.write_text(
+        "model: {name: test_vit}\ntrain: {device: cpu, compile: false}\naugment: {image_size: 8}\n"
+        f"data: {{dataset: cifar10, root: '{tmp_path}'}}\n"
+    )
     code = main(["train", str(config)])
     out = capsys.readouterr().out
     assert code == 2 and "Traceback" not in out
@@ -94,13 +101,17 @@ def test_pretrained_timm_file_uses_timms_filters(tmp_path):
     source, folder = _save_timm_folder(tmp_path)
     model = build_model(ModelConfig(name="test_vit", pretrained=str(folder / "model.safetensors")), 100, image_size=48)
     assert model.backbone.pos_embed.shape == (1, 3 * 3 + 1, 64)  # resampled 10x10 -> 3x3, not left at init
-    assert torch.equal(model.backbone.state_dict()["blocks.5.mlp.fc2.weight"], source.state_dict()["blocks.5.mlp.fc2.weight"])
+    assert torch.equal(
+        model.backbone.state_dict()["blocks.5.mlp.fc2.weight"], source.state_dict()["blocks.5.mlp.fc2.weight"]
+    )
     with pytest.raises(FastcifarError, match=r"is a folder; a timm folder is a model name \(model.name: local-dir:"):
         build_model(ModelConfig(name="test_vit", pretrained=str(folder)), 10)
     state = timm.create_model("resnet10t").state_dict()
     state["conv1.0.weight"] = torch.zeros(24, 3, 5, 5)  # another shape where the names agree
     torch.save(state, tmp_path / "other.pth")
-    with pytest.raises(FastcifarError, match=r"do not fit 'resnet10t' \(size mismatch for conv1.0.weight.*set model.name"):
+    with pytest.raises(
+        FastcifarError, match=r"do not fit 'resnet10t' \(size mismatch for conv1.0.weight.*set model.name"
+    ):
         build_model(ModelConfig(name="resnet10t", pretrained=str(tmp_path / "other.pth")), 10)
 
 
@@ -114,12 +125,17 @@ def test_pretrained_fastcifar_run_carries_its_cifar_stem(tmp_path):
         model = build_model(ModelConfig(name="resnet18", cifar_stem=True, pretrained=str(path)), num_classes=10)
     src, dst = source.backbone.state_dict(), model.backbone.state_dict()
     assert dst["conv1.weight"].shape == (64, 3, 3, 3) and all(torch.equal(dst[k], src[k]) for k in dst)
-    with pytest.raises(FastcifarError, match=r"do not fit 'resnet18' \(size mismatch for conv1.weight.*model.cifar_stem"):
+    with pytest.raises(
+        FastcifarError, match=r"do not fit 'resnet18' \(size mismatch for conv1.weight.*model.cifar_stem"
+    ):
         build_model(ModelConfig(name="resnet18", pretrained=str(path)), num_classes=10)  # a 3x3 stem into timm's 7x7
 
 
-@pytest.mark.parametrize("config", [ModelConfig(name="hf-hub:timm/test_vit.r160_in1k"), ModelConfig(name="test_vit", pretrained=True)],
-                         ids=["hf-hub-name", "hub-weights"])
+@pytest.mark.parametrize(
+    "config",
+    [ModelConfig(name="hf-hub:timm/test_vit.r160_in1k"), ModelConfig(name="test_vit", pretrained=True)],
+    ids=["hf-hub-name", "hub-weights"],
+)
 def test_hub_offline_names_the_cache_the_offline_switch_and_local_files(config, tmp_path, monkeypatch):
     import huggingface_hub.constants as hf
 
@@ -147,7 +163,9 @@ def test_resume_and_eval_need_no_weights_file(prepared_root, tmp_path):
     source, folder = _save_timm_folder(tmp_path, img_size=32)
     weights = folder / "model.safetensors"
     root = prepared_root("cifar10")
-    run, records, _ = run_tiny(root, tmp_path / "runs", model={"name": "test_vit", "pretrained": str(weights)}, train={"epochs": 1})
+    run, records, _ = run_tiny(
+        root, tmp_path / "runs", model={"name": "test_vit", "pretrained": str(weights)}, train={"epochs": 1}
+    )
     weights.unlink()
     assert evaluate(run, root=str(root), device="cpu")["acc"] == pytest.approx(records[-1]["test_acc"])
 
@@ -168,7 +186,9 @@ def test_init_from_and_a_run_folder_as_pretrained_fetch_nothing(prepared_root, t
     first, _, _ = run_tiny(root, tmp_path / "runs", train={"epochs": 1})
     monkeypatch.setattr(hf, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    _, records, _ = run_tiny(root, tmp_path / "runs", model={"pretrained": True}, train={"epochs": 1, "init_from": str(first)})
+    _, records, _ = run_tiny(
+        root, tmp_path / "runs", model={"pretrained": True}, train={"epochs": 1, "init_from": str(first)}
+    )
     assert records[-1]["step"] == 8
     state = torch.load(first / "best.pt", weights_only=True)["model"]
     model = build_model(ModelConfig(name="test_resnet", pretrained=str(first)), 100, image_size=32)

@@ -22,7 +22,9 @@ from fastcifar.config import Config, OptimConfig
 from fastcifar.errors import FastcifarError
 
 
-def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool = False, layer_decay: float = 0.0) -> list[dict]:
+def param_groups(
+    model: nn.Module, weight_decay: float, decay_norm_and_bias: bool = False, layer_decay: float = 0.0
+) -> list[dict]:
     """Trainable parameters in timm's groups, each named, with `lr_scale` (1 without layer decay).
 
     Args:
@@ -41,12 +43,15 @@ def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: boo
     skip = set(skip()) if callable(skip) else set()
     exclude_1d = not decay_norm_and_bias
     if layer_decay:
-        groups = param_groups_layer_decay(model, weight_decay, no_weight_decay_list=skip, weight_decay_exclude_1d=exclude_1d,
-                                          layer_decay=layer_decay)
+        groups = param_groups_layer_decay(
+            model, weight_decay, no_weight_decay_list=skip, weight_decay_exclude_1d=exclude_1d, layer_decay=layer_decay
+        )
         for group in groups:
             group["name"] = f"scale_{group['lr_scale']:.4g}_{'decay' if group['weight_decay'] else 'no_decay'}"
     else:
-        groups = param_groups_weight_decay(model, weight_decay, weight_decay_exclude_1d=exclude_1d, no_weight_decay_list=skip)
+        groups = param_groups_weight_decay(
+            model, weight_decay, weight_decay_exclude_1d=exclude_1d, no_weight_decay_list=skip
+        )
         for group in groups:
             group["name"], group["lr_scale"] = ("decay" if group["weight_decay"] else "no_decay"), 1.0
     # decaying groups first (and the head's scale 1 first with layer decay): param_groups[0] is the peak lr the log shows
@@ -67,7 +72,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device | s
         group["lr"] = cfg.lr * group["lr_scale"]
     impl = {"fused": True} if device.type == "cuda" else {"foreach": True}
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, **impl)
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, **impl
+        )
     if len(cfg.betas) != 2:
         raise FastcifarError(f"optim.betas must hold two numbers, got {cfg.betas}; write it as [0.9, 0.999].")
     betas = (float(cfg.betas[0]), float(cfg.betas[1]))
@@ -122,11 +129,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epo
     total = cfg.train.epochs * steps_per_epoch
     warmup = round(sched.warmup_epochs * steps_per_epoch)
     if warmup > total:
-        raise FastcifarError(f"schedule.warmup_epochs ({sched.warmup_epochs}) is longer than the run ({cfg.train.epochs} epochs); lower it.")
+        raise FastcifarError(
+            f"schedule.warmup_epochs ({sched.warmup_epochs}) is longer than the run ({cfg.train.epochs} epochs); lower it."
+        )
     kind = sched.name
     if sched.name == "onecycle":
         if sched.warmup_epochs:
-            raise FastcifarError("schedule.warmup_epochs and onecycle's schedule.pct_start both set the rise; set warmup_epochs: 0.")
+            raise FastcifarError(
+                "schedule.warmup_epochs and onecycle's schedule.pct_start both set the rise; set warmup_epochs: 0."
+            )
         if not 0.0 <= sched.pct_start < 1.0:
             raise FastcifarError(f"schedule.pct_start must be in [0, 1), got {sched.pct_start}.")
         kind, warmup = "cosine", round(sched.pct_start * total)
