@@ -168,6 +168,9 @@ def test_resume_and_eval_need_no_weights_file(prepared_root, tmp_path):
     )
     weights.unlink()
     assert evaluate(run, root=str(root), device="cpu")["acc"] == pytest.approx(records[-1]["test_acc"])
+    from fastcifar.engine.trainer import train
+
+    assert train(None, resume=str(run), progress=False) == run  # rebuilt from the checkpoint alone
 
 
 @pytest.mark.parametrize("name", ["test_resnet", "test_efficientnet", "mobilenetv3_small_050"])
