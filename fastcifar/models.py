@@ -176,7 +176,7 @@ def model_kwargs(cfg: ModelConfig, image_size: int | None, dynamic: bool) -> dic
         return kwargs
     from timm.models import resolve_model_input_args
 
-    with _hub_errors(cfg.name):
+    with _hub_errors(cfg.name, _needs_hub(cfg.name, False)):
         resolved = resolve_model_input_args(cfg.name, args={"img_size": image_size})
     if resolved.get("img_size") is not None:
         kwargs["img_size"] = image_size
@@ -205,7 +205,8 @@ def create_backbone(
 
     kwargs = model_kwargs(cfg, image_size, dynamic)
     what = f"weights '{cfg.pretrained}'" if isinstance(cfg.pretrained, str) else f"'{cfg.name}'"
-    with _hub_errors(cfg.name), _timm_load_report() as report:
+    remote = _needs_hub(cfg.name, pretrained and not overlay)
+    with _hub_errors(cfg.name, remote), _timm_load_report() as report:
         try:
             try:
                 model = timm.create_model(
@@ -222,7 +223,12 @@ def create_backbone(
             raise FastcifarError(
                 f"timm could not build '{cfg.name}' with {sorted(kwargs)} ({e}); fix model.kwargs or pick another model."
             ) from None
-        except RuntimeError as e:  # torch's load_state_dict: a tensor of another shape
+        except RuntimeError as e:  # torch's load_state_dict (a tensor of another shape), or a folder without weights
+            if "No suitable checkpoints found" in str(e):
+                raise FastcifarError(
+                    f"'{cfg.name}' holds no weights file (model.safetensors, pytorch_model.bin, ...); copy the weights "
+                    f"into it, or set model.pretrained: false to take its architecture only."
+                ) from None
             if "Error(s) in loading state_dict" not in str(e):
                 raise
             first = next(
@@ -344,9 +350,18 @@ def _check_load_report(report: dict[str, list[str]], model: nn.Module, what: str
         )
 
 
+def _needs_hub(name: str, hub_weights: bool) -> bool:
+    """Whether building `name` reads the Hugging Face hub: an hf-hub: name, or a registry name's hub weights."""
+    from timm.models import parse_model_name
+
+    source = parse_model_name(name)[0]
+    return source == "hf-hub" or (source is None and hub_weights)
+
+
 @contextmanager
-def _hub_errors(name: str) -> Iterator[None]:
-    """Turn a failed Hugging Face hub fetch (no network, offline mode, no cached copy) into one sentence."""
+def _hub_errors(name: str, remote: bool = True) -> Iterator[None]:
+    """Turn a failed Hugging Face hub fetch (no network, offline mode, no cached copy) into one sentence;
+    without `remote` (local files only) a read error becomes one sentence about those files."""
     try:
         yield
     except FastcifarError:
@@ -357,6 +372,11 @@ def _hub_errors(name: str) -> Iterator[None]:
             e, (OSError, ConnectionError)
         ):
             raise
+        if not remote:
+            reason = (str(e).strip().splitlines() or [""])[0].rstrip(".")
+            raise FastcifarError(
+                f"Could not read the files of '{name}' ({type(e).__name__}: {reason}); check the folder or file it names."
+            ) from None
         from huggingface_hub import constants
 
         raise FastcifarError(

@@ -149,6 +149,13 @@ def test_hub_offline_names_the_cache_the_offline_switch_and_local_files(config, 
     assert message.count(". ") == 0 and "\n" not in message
 
 
+def test_local_dir_without_weights_says_so(tmp_path):
+    _, folder = _save_timm_folder(tmp_path)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(FastcifarError, match=r"holds no weights file .*model.pretrained: false"):
+        build_model(ModelConfig(name=f"local-dir:{folder}", pretrained=True), 10, image_size=32)
+
+
 def test_bad_source_prefix_and_missing_local_dir(tmp_path):
     with pytest.raises(FastcifarError, match=r"has no config.json"):
         build_model(ModelConfig(name=f"local-dir:{tmp_path}"), 10)
