@@ -160,6 +160,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
     evaluate(args.target, split=args.split, tta=args.tta, root=args.root)
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from fastcifar.export import export_run
+
+    export_run(args.target, args.out_dir, ema=args.ema, root=args.root, push=args.push, console=console)
+
+
 def cmd_results(args: argparse.Namespace) -> None:
     from fastcifar.engine.results import print_results
 
@@ -235,6 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--tta", action="store_true", help="average the image and its mirror")
     evaluate.add_argument("--root", help=ROOT_HELP)
     evaluate.set_defaults(func=cmd_eval)
+
+    export = commands.add_parser("export", help="write a run's weights in timm's format (model.safetensors + config.json)", formatter_class=RichHelpFormatter)
+    export.add_argument("target", help="run directory or checkpoint file")
+    export.add_argument("out_dir", help="folder to create; load it with timm.create_model('local-dir:OUT_DIR', pretrained=True)")
+    export.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None, help="EMA or raw weights (default: what eval used)")
+    export.add_argument("--push", metavar="ORG/NAME", help="also upload the folder to this Hugging Face model repo")
+    export.add_argument("--root", help=ROOT_HELP)
+    export.set_defaults(func=cmd_export)
 
     results = commands.add_parser("results", help="seed-style table over run directories", formatter_class=RichHelpFormatter)
     results.add_argument("dirs", nargs="*", help="folders searched recursively for runs (default: runs)")

@@ -71,8 +71,9 @@ class AugmentConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet18"  # any timm model name
-    pretrained: Union[bool, str] = False  # true = timm hub weights, or a path to a local file
+    name: str = "resnet18"  # any timm model name, or hf-hub:ORG/NAME / local-dir:PATH (timm's sources)
+    pretrained: Union[bool, str] = False  # true = the name's weights (timm hub, hf-hub:, local-dir:), or a
+    # path to a weights file (timm format or a fastcifar checkpoint), loaded through timm's filters
     cifar_stem: bool = False  # 3x3 stride-1 stem and no max-pool, for 32 px inputs
     head: str = "linear"  # linear | arcface | cosface
     embedding_dim: int = 512  # margin heads: embedding width
@@ -80,6 +81,8 @@ class ModelConfig:
     margin_m: float = 0.35  # margin heads: margin (radians for arcface, cosine for cosface)
     easy_margin: bool = False  # arcface: apply the margin only where cos > 0 (else the insightface continuation)
     drop_rate: float = 0.0  # dropout before the classifier
+    drop_path_rate: float = 0.0  # stochastic depth (timm's --drop-path); 0 = off
+    kwargs: dict[str, Any] = field(default_factory=dict)  # more timm.create_model arguments (timm's --model-kwargs)
 
 
 @dataclass
@@ -92,6 +95,8 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
     decay_norm_and_bias: bool = False  # false = no weight decay on biases and norm weights
     grad_clip: float = 0.0  # max global grad norm; 0 = off
+    layer_decay: float = 0.0  # layer-wise lr decay (timm's --layer-decay): lr * decay ** (depth below the head);
+    # 0 = off. Groups come from the backbone's timm group_matcher
 
 
 @dataclass
@@ -194,6 +199,10 @@ def _check_value(where: str, value: Any, hint: Any) -> Any:
                 errors.append(str(e))
         names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
         raise FastcifarError(f"{where} must be {names}, got {value!r}.")
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise FastcifarError(f"{where} must be a mapping of names to values, got {value!r}; write it as {{key: value}}.")
+        return dict(value)
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):
@@ -251,10 +260,12 @@ RANGES = {
     "model.embedding_dim": (1, None, True),
     "model.margin_s": (0.0, None, False),
     "model.drop_rate": (0.0, 1.0, True),
+    "model.drop_path_rate": (0.0, 1.0, True),
     "optim.lr": (0.0, None, False),
     "optim.weight_decay": (0.0, None, True),
     "optim.momentum": (0.0, 1.0, True),
     "optim.grad_clip": (0.0, None, True),
+    "optim.layer_decay": (0.0, 1.0, True),
     "schedule.warmup_epochs": (0.0, None, True),
     "schedule.min_lr_ratio": (0.0, 1.0, True),
     "schedule.gamma": (0.0, None, False),

@@ -10,6 +10,8 @@ Two kinds, named as in `model.head`:
 
 Both heads keep their class weight matrix under a fixed key (`CLASS_WEIGHT_KEY`), so a checkpoint's class
 count can be read from its state dict without building the model (see `fastcifar.models.load_weights`).
+`fastcifar export` writes a margin head's state dict under these same names (`margin_head.safetensors` beside the
+timm backbone); a linear head becomes the timm model's own classifier.
 """
 
 from __future__ import annotations

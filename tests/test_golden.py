@@ -16,9 +16,9 @@ import os
 from pathlib import Path
 
 import pytest
+from tiny_run import run_tiny
 
 from fastcifar.engine.trainer import TIMING_KEYS
-from tiny_run import run_tiny
 
 ASSETS = Path(__file__).parent / "assets"
 # Two runs: the linear head with every image op and mixing; a margin head with flip TTA at 48 px.

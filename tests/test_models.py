@@ -131,7 +131,7 @@ def test_pretrained_from_fastcifar_model_and_stem_mismatch_warns(tmp_path):
     path = tmp_path / "run.pt"
     torch.save({"model": source.state_dict(), "ema": None, "epoch": 3}, path)  # a trainer-style checkpoint dict
     torch.manual_seed(4)
-    with pytest.warns(UserWarning, match=r"1 of another shape .*conv1.weight"):
+    with pytest.warns(UserWarning, match=r"fresh 3x3 stride-1 conv1; the pretrained 7x7 conv1 is not used"):
         model = build_model(ModelConfig(name="resnet18", cifar_stem=True, pretrained=str(path)), num_classes=10)
     src, dst = source.backbone.state_dict(), model.backbone.state_dict()
     assert dst["conv1.weight"].shape == (64, 3, 3, 3)  # fresh CIFAR stem, not the file's 7x7
@@ -141,7 +141,7 @@ def test_pretrained_from_fastcifar_model_and_stem_mismatch_warns(tmp_path):
 def test_pretrained_file_that_fits_nothing_or_is_missing(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"encoder.weight": torch.zeros(3, 3)}, path)
-    with pytest.raises(FastcifarError, match=r"fits none of 'resnet10t'.*set model.name"):
+    with pytest.raises(FastcifarError, match=r"fit none of .resnet10t.s 70 tensors.*set model.name"):
         build_model(ModelConfig(name="resnet10t", pretrained=str(path)), num_classes=10)
     with pytest.raises(FastcifarError, match=r"does not exist"):
         build_model(ModelConfig(name="resnet10t", pretrained=str(tmp_path / "nope.pth")), num_classes=10)

@@ -63,6 +63,52 @@ def test_fused_is_requested_on_cuda():
         assert build_optimizer(model, OptimConfig(name=name), torch.device("cuda")).defaults["fused"] is True
 
 
+def _vit():
+    from fastcifar.config import ModelConfig
+    from fastcifar.models import build_model
+
+    torch.manual_seed(0)
+    return build_model(ModelConfig(name="test_vit"), 10, image_size=32)  # 6 blocks, a cls token, a pos embedding
+
+
+def test_vit_pos_embed_and_cls_token_are_not_decayed():
+    model = _vit()
+    assert {"backbone.pos_embed", "backbone.cls_token"} <= model.no_weight_decay()
+    opt = build_optimizer(model, OptimConfig(name="adamw", weight_decay=0.05), "cpu")
+    groups = {g["name"]: g for g in opt.param_groups}
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay = {names[id(p)] for p in groups["no_decay"]["params"]}
+    decay = {names[id(p)] for p in groups["decay"]["params"]}
+    assert {"backbone.pos_embed", "backbone.cls_token"} <= no_decay  # 3-D tensors the ndim rule would have decayed
+    assert "backbone.blocks.0.attn.qkv.weight" in decay and "head.fc.weight" in decay
+    assert all(model.get_parameter(n).ndim <= 1 for n in no_decay - {"backbone.pos_embed", "backbone.cls_token"})
+    assert groups["decay"]["weight_decay"] == 0.05 and groups["no_decay"]["weight_decay"] == 0.0
+    assert opt.param_groups[0]["name"] == "decay"  # the order the golden runs were pinned with
+
+
+def test_layer_decay_scales_lr_by_depth_and_the_schedule_keeps_the_scales():
+    model = _vit()
+    opt = build_optimizer(model, OptimConfig(name="adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.5), "cpu")
+    layer_of = {}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in opt.param_groups:
+        assert group["lr"] == pytest.approx(1e-3 * group["lr_scale"])
+        for p in group["params"]:
+            layer_of[names[id(p)]] = group["lr_scale"]
+    # timm's ViT matcher: stem (patch/pos embed, cls token) = layer 0, blocks 1..6, final norm with block 6, head 7
+    assert layer_of["head.fc.weight"] == 1.0 and layer_of["backbone.norm.weight"] == 0.5
+    assert layer_of["backbone.blocks.5.mlp.fc1.weight"] == 0.5 and layer_of["backbone.blocks.0.mlp.fc1.weight"] == 0.5 ** 6
+    assert layer_of["backbone.pos_embed"] == layer_of["backbone.patch_embed.proj.weight"] == 0.5 ** 7
+    assert opt.param_groups[0]["lr_scale"] == 1.0  # the logged lr (param_groups[0]) is the head's, the peak
+    sched = build_scheduler(opt, Config(schedule=ScheduleConfig(name="cosine", warmup_epochs=1), train=TrainConfig(epochs=4)), 5)
+    for step in range(20):
+        factor = sched.lr_lambdas[0](step)
+        for group in opt.param_groups:
+            assert group["lr"] == pytest.approx(1e-3 * group["lr_scale"] * factor, abs=1e-15), step
+        opt.step()
+        sched.step()
+
+
 # ---------------------------------------------------------------------------- schedules
 
 

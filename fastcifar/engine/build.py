@@ -15,6 +15,7 @@ config tests cannot drift apart.
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -81,17 +82,20 @@ def eval_augment(cfg: Config, info):
 # ---------------------------------------------------------------------------- model side
 
 
-def build_model_on(cfg: Config, num_classes: int, device: torch.device, pretrained: bool = True) -> nn.Module:
-    """`fastcifar.models.build_model` moved to `device`, channels_last when `train.channels_last`.
+def build_model_on(cfg: Config, num_classes: int, device: torch.device, pretrained: bool = True,
+                   extra_sizes: Sequence[int] = ()) -> nn.Module:
+    """`fastcifar.models.build_model` at the run's sizes, moved to `device`, channels_last when `train.channels_last`.
 
     Args:
         pretrained: False when a checkpoint overwrites every weight anyway (resume, init_from, eval, teacher):
             hub or file weights are then not fetched (works offline and after the weights file moved).
+        extra_sizes: sides the model must also run at besides `augment.image_size` / `augment.scales`, px
+            (a distillation teacher scores the student's batch at `distill.teacher_image_size`).
     """
     from fastcifar.models import build_model
 
     model_cfg = cfg.model if pretrained else dataclasses.replace(cfg.model, pretrained=False)
-    model = build_model(model_cfg, num_classes)
+    model = build_model(model_cfg, num_classes, cfg.augment.image_size, [*cfg.augment.scales, *extra_sizes])
     memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
     return model.to(device, memory_format=memory_format)
 
@@ -213,7 +217,7 @@ def load_run_weights(model: nn.Module, state: dict, source: str) -> None:
 
 
 def model_from_checkpoint(state: dict, source: str, device: torch.device, channels_last: bool | None = None,
-                          num_classes: int | None = None) -> nn.Module:
+                          num_classes: int | None = None, extra_sizes: Sequence[int] = ()) -> nn.Module:
     """Rebuild a finished run's model from its checkpoint's saved config and load its evaluation weights.
 
     Args:
@@ -222,6 +226,7 @@ def model_from_checkpoint(state: dict, source: str, device: torch.device, channe
         device: where the model goes.
         channels_last: memory format; None = as the run trained.
         num_classes: the class count the caller needs; a checkpoint with another count is refused.
+        extra_sizes: see `build_model_on`.
 
     Returns:
         The model in eval mode on `device`.
@@ -234,7 +239,8 @@ def model_from_checkpoint(state: dict, source: str, device: torch.device, channe
                              "needed; use a run trained on the same dataset and data.label.")
     if channels_last is not None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, channels_last=channels_last))
-    model = build_model_on(cfg, int(state["num_classes"]), torch.device("cpu"), pretrained=False)
+    model = build_model_on(cfg, int(state["num_classes"]), torch.device("cpu"), pretrained=False,
+                           extra_sizes=extra_sizes)
     load_run_weights(model, state, source)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
     return model.to(device, memory_format=memory_format).eval()

@@ -1,9 +1,12 @@
 """Optimizer and per-iteration learning-rate schedule.
 
-`build_optimizer` puts every 1-D parameter (biases, BatchNorm/LayerNorm weights) in a group without
-weight decay: decaying them only shrinks scales that normalization undoes, and hurts small-data training.
+`param_groups` are timm's (`timm.optim.param_groups_weight_decay` / `param_groups_layer_decay`): every 1-D
+parameter (biases, BatchNorm/LayerNorm weights) and every name the model's `no_weight_decay()` lists (ViT
+`pos_embed`, `cls_token`) go without weight decay, since decaying them only shrinks what normalization undoes
+or drags position codes to zero; with `optim.layer_decay` each depth gets its own `lr_scale`.
 `build_scheduler` returns a `LambdaLR` stepped once per optimizer step (not per epoch), whose factor is a
 picklable object, so `scheduler.state_dict()` carries the whole schedule and a resumed run continues exactly.
+LambdaLR multiplies each group's own initial lr (cfg.lr * lr_scale), so layer-wise scales hold all along.
 """
 
 from __future__ import annotations
@@ -19,34 +22,59 @@ from fastcifar.config import Config, OptimConfig
 from fastcifar.errors import FastcifarError
 
 
-def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool = False) -> list[dict]:
-    """Trainable parameters split into {"name": "decay"} (ndim >= 2) and {"name": "no_decay"} (ndim <= 1) groups.
+def param_groups(
+    model: nn.Module, weight_decay: float, decay_norm_and_bias: bool = False, layer_decay: float = 0.0
+) -> list[dict]:
+    """Trainable parameters in timm's groups, each named, with `lr_scale` (1 without layer decay).
 
-    With `decay_norm_and_bias` everything decays (one group). Empty groups are left out.
+    Args:
+        model: any module; its `no_weight_decay()` names (if it has the method) get no decay.
+        decay_norm_and_bias: decay 1-D parameters too (the model's no_weight_decay names still do not).
+        layer_decay: 0 = off; else lr_scale = layer_decay ** (top layer - layer), layers from the model's
+            timm `group_matcher` (the head is the top layer, scale 1).
+
+    Returns:
+        Groups named "decay" / "no_decay" (or "layer_{i}_decay" ... with layer decay), decaying ones first;
+        empty groups are left out.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    if decay_norm_and_bias:
-        return [{"name": "decay", "params": params, "weight_decay": weight_decay}]
-    groups = [
-        {"name": "decay", "params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-        {"name": "no_decay", "params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
-    ]
-    return [g for g in groups if g["params"]]
+    from timm.optim import param_groups_layer_decay, param_groups_weight_decay
+
+    skip = getattr(model, "no_weight_decay", None)
+    skip = set(skip()) if callable(skip) else set()
+    exclude_1d = not decay_norm_and_bias
+    if layer_decay:
+        groups = param_groups_layer_decay(
+            model, weight_decay, no_weight_decay_list=skip, weight_decay_exclude_1d=exclude_1d, layer_decay=layer_decay
+        )
+        for group in groups:
+            group["name"] = f"scale_{group['lr_scale']:.4g}_{'decay' if group['weight_decay'] else 'no_decay'}"
+    else:
+        groups = param_groups_weight_decay(
+            model, weight_decay, weight_decay_exclude_1d=exclude_1d, no_weight_decay_list=skip
+        )
+        for group in groups:
+            group["name"], group["lr_scale"] = ("decay" if group["weight_decay"] else "no_decay"), 1.0
+    # decaying groups first (and the head's scale 1 first with layer decay): param_groups[0] is the peak lr the log shows
+    return sorted(groups, key=lambda g: (-g["lr_scale"], g["weight_decay"] == 0))
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device | str) -> torch.optim.Optimizer:
-    """SGD (momentum, nesterov), Adam or AdamW over `param_groups(model, ...)`, at lr = cfg.lr.
+    """SGD (momentum, nesterov), Adam or AdamW over `param_groups(model, ...)`, each group at cfg.lr * lr_scale.
 
-    On CUDA the fused kernels are used (one launch for all parameters); elsewhere the foreach path
+    On CUDA the fused kernels are used (one launch per group); elsewhere the foreach path
     (one vectorised op per tensor list). Call after moving the model to `device`.
     """
     device = torch.device(device)
-    groups = param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias)
+    groups = param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias, cfg.layer_decay)
     if not groups:
         raise FastcifarError("The model has no trainable parameters; check that nothing froze the whole model.")
+    for group in groups:
+        group["lr"] = cfg.lr * group["lr_scale"]
     impl = {"fused": True} if device.type == "cuda" else {"foreach": True}
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, **impl)
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, **impl
+        )
     if len(cfg.betas) != 2:
         raise FastcifarError(f"optim.betas must hold two numbers, got {cfg.betas}; write it as [0.9, 0.999].")
     betas = (float(cfg.betas[0]), float(cfg.betas[1]))
@@ -101,11 +129,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epo
     total = cfg.train.epochs * steps_per_epoch
     warmup = round(sched.warmup_epochs * steps_per_epoch)
     if warmup > total:
-        raise FastcifarError(f"schedule.warmup_epochs ({sched.warmup_epochs}) is longer than the run ({cfg.train.epochs} epochs); lower it.")
+        raise FastcifarError(
+            f"schedule.warmup_epochs ({sched.warmup_epochs}) is longer than the run ({cfg.train.epochs} epochs); lower it."
+        )
     kind = sched.name
     if sched.name == "onecycle":
         if sched.warmup_epochs:
-            raise FastcifarError("schedule.warmup_epochs and onecycle's schedule.pct_start both set the rise; set warmup_epochs: 0.")
+            raise FastcifarError(
+                "schedule.warmup_epochs and onecycle's schedule.pct_start both set the rise; set warmup_epochs: 0."
+            )
         if not 0.0 <= sched.pct_start < 1.0:
             raise FastcifarError(f"schedule.pct_start must be in [0, 1), got {sched.pct_start}.")
         kind, warmup = "cosine", round(sched.pct_start * total)

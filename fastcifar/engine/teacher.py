@@ -51,6 +51,7 @@ def load_teacher(cfg: Config, num_classes: int, device: torch.device) -> nn.Modu
         warnings.warn(f"The teacher '{path}' was trained at {teacher_cfg.augment.image_size} px but distill.teacher_image_size "
                       f"is {cfg.distill.teacher_image_size}; it will score inputs of a size it never saw.", stacklevel=2)
     # Weights come from the checkpoint (best.pt holds them): hub weights are never downloaded again for the teacher.
-    teacher = model_from_checkpoint(state, str(path), device, channels_last=cfg.train.channels_last)
+    teacher = model_from_checkpoint(state, str(path), device, channels_last=cfg.train.channels_last,
+                                    extra_sizes=[cfg.distill.teacher_image_size])  # a fixed-size teacher must fit it
     teacher.requires_grad_(False)
     return teacher
