@@ -154,7 +154,7 @@ def build(cfg: Config, split: str, *, train: bool, device: torch.device | str, r
     drop_last = drop_last_for(cfg, train)
     sampler = ShardSampler(len(dataset), seed=cfg.train.seed, rank=rank, world_size=world_size, train=train,
                            drop_last=drop_last, indices=indices)
-    workers = worker_count(cfg)
+    workers = worker_count(cfg, "torch")
     device = as_device(device)
     dataloader = DataLoader(
         dataset,
