@@ -447,6 +447,42 @@ def test_dali_native_augment_replays_any_epoch(root):
     assert not all(np.array_equal(x, y) for (x, _), (y, _) in zip(a, batches_of(resumed)))
 
 
+# ---------------------------------------------------------------------------- worker counts
+
+
+def test_worker_count_is_clamped_to_the_usable_cores_with_one_note(monkeypatch, capsys):
+    from fastcifar.loaders import base
+
+    monkeypatch.setattr(base.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    monkeypatch.setattr(base, "_NOTED", set())
+    cfg = Config()
+    cfg.data.workers = 8
+    assert [base.worker_count(cfg, "torch") for _ in range(2)] == [3, 3]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "data.workers is 8 but this process may use 3 CPU core(s)" in err  # once
+    cfg.data.workers = 0  # each library's own meaning of 0, never clamped up
+    assert (base.worker_count(cfg, "torch"), base.worker_count(cfg, "ffcv"), base.worker_count(cfg, "dali")) == (0, 0, 1)
+    cfg.data.workers = 2
+    assert base.worker_count(cfg, "ffcv") == 2 and capsys.readouterr().err == ""
+    cfg.data.workers = -1
+    with pytest.raises(FastcifarError, match="0 or more"):
+        base.worker_count(cfg, "dali")
+
+
+@pytest.mark.parametrize("name", ["ffcv", "dali", "torch"])
+def test_more_workers_than_cores_runs_with_a_note(name, root, capfd, monkeypatch):
+    """ffcv's numba used to die with `ValueError: The number of threads must be between 1 and N` here."""
+    from fastcifar.loaders import base
+
+    monkeypatch.setattr(base, "_NOTED", set())
+    cores = base.usable_cores()
+    loader = build_loader(make_cfg(root, name, workers=cores + 2), "test", train=False, device="cpu")
+    assert f"note: data.workers is {cores + 2} but this process may use {cores} CPU core(s); the {name} loader uses " \
+           f"{cores}." in capfd.readouterr().err
+    if name != "ffcv":  # ffcv: building was what failed; iterating would add a numba compilation
+        assert sum(len(y) for _, y in loader) == 256
+
+
 # ---------------------------------------------------------------------------- registry and errors
 
 
