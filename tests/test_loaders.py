@@ -263,6 +263,72 @@ def test_torch_loader_with_worker_processes_matches_the_contract_order(root, tra
         np.testing.assert_array_equal(order_of(loader, train_src), expected)
 
 
+@pytest.mark.parametrize("size", [32, 48, 224])
+def test_torch_transform_output_is_hwc_memory_with_the_same_pixels(size):
+    """The tuned baseline changes memory layout only: torch's uint8 resize skips two transposes, the batch
+    is a plain copy, and every pixel equals the CHW path's."""
+    from fastcifar.config import AugmentConfig
+    from fastcifar.cpu_transforms import HwcMemory, cpu_transform
+
+    cfg = AugmentConfig(image_size=size, crop_padding=4, hflip=0.5, cutout=0.5)
+    hwc = cpu_transform(cfg, train=True)
+    chw = cpu_transform(cfg, train=True)
+    chw.pipeline.transforms = [t for t in chw.pipeline.transforms if not isinstance(t, HwcMemory)]
+    assert len(chw.pipeline.transforms) == len(hwc.pipeline.transforms) - 1
+    images = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8)
+    for i, image in enumerate(images):
+        torch.manual_seed(i)
+        got = hwc(image.permute(2, 0, 1))
+        torch.manual_seed(i)
+        want = chw(image.permute(2, 0, 1).contiguous())
+        assert got.permute(1, 2, 0).is_contiguous() and torch.equal(got, want)
+
+
+def test_collate_nhwc_is_one_contiguous_batch_from_any_layout():
+    from fastcifar.loaders.torch_loader import collate_nhwc
+
+    images = torch.randint(0, 256, (5, 3, 40, 40), dtype=torch.uint8)
+    samples = [(images[i].permute(1, 2, 0).contiguous().permute(2, 0, 1), i) for i in range(3)]  # HWC memory
+    samples += [(images[i].contiguous(), i) for i in range(3, 5)]  # CHW memory
+    batch, labels = collate_nhwc(samples)
+    assert batch.shape == (5, 40, 40, 3) and batch.is_contiguous() and labels.dtype == torch.int64
+    assert torch.equal(batch, images.permute(0, 2, 3, 1)) and labels.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_to_device_ahead_on_cpu_passes_batches_through():
+    from fastcifar.loaders.torch_loader import to_device_ahead
+
+    batches = [(torch.full((2, 4, 4, 3), i, dtype=torch.uint8), torch.tensor([i, i])) for i in range(3)]
+    out = list(to_device_ahead(iter(batches), torch.device("cpu")))
+    assert all(a[0] is b[0] and a[1] is b[1] for a, b in zip(out, batches)) and len(out) == 3
+
+
+@cuda
+def test_cuda_to_device_ahead_copies_one_batch_ahead_on_a_side_stream_without_host_syncs():
+    from fastcifar.loaders.torch_loader import to_device_ahead
+
+    batches = [(torch.full((4, 8, 8, 3), i, dtype=torch.uint8).pin_memory(), torch.tensor([i] * 4).pin_memory())
+               for i in range(5)]
+    pulled = []
+
+    def source():
+        for batch in batches:
+            pulled.append(len(pulled))
+            yield batch
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    out = []
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for i, (x, y) in enumerate(to_device_ahead(source(), device)):
+            assert len(pulled) == min(i + 2, 5)  # the next batch is already on its way
+            out.append((x.float().mean() * 1, y.sum() * 1))  # compute on the current stream
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+    assert [(float(m), int(s)) for m, s in out] == [(float(i), 4 * i) for i in range(5)]
+
+
 # ---------------------------------------------------------------------------- native augment
 
 
