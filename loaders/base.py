@@ -34,6 +34,7 @@ import torch
 
 from fastcifar.config import AugmentConfig, Config
 from fastcifar.errors import FastcifarError
+from fastcifar.loaders import LOADERS
 from fastcifar.paths import data_root
 
 SPLITS = ("train", "test")
@@ -225,7 +226,8 @@ def worker_count(cfg: Config, loader: str) -> int:
 
 
 def native_ops_for(cfg: Config, train: bool) -> frozenset[str]:
-    """The per-image ops a native (ffcv / dali) pipeline runs for this config: hflip and/or crop (translate).
+    """The per-image ops the loader's native (ffcv / dali) pipeline runs for this config: hflip and/or crop
+    (translate), those of the ops its LoaderSpec says it can run.
 
     Raises:
         FastcifarError: one_of mode, whose ops must be drawn together, cannot be split between a native
@@ -242,7 +244,7 @@ def native_ops_for(cfg: Config, train: bool) -> frozenset[str]:
         ops.add("hflip")
     if aug.crop_padding > 0:
         ops.add("crop")
-    return frozenset(ops)
+    return frozenset(ops) & LOADERS[cfg.data.loader].native_ops
 
 
 def remaining_augment(aug: AugmentConfig, loader: Loader) -> AugmentConfig:
@@ -263,14 +265,15 @@ def remaining_augment(aug: AugmentConfig, loader: Loader) -> AugmentConfig:
 # ---------------------------------------------------------------------------- optional libraries
 
 
-def require_extra(module: str, extra: str, loader: str):
-    """Import an optional library, or raise a FastcifarError naming the pip extra that installs it."""
+def require_library(loader: str):
+    """Import the optional library of `loader` (its LoaderSpec), or raise a FastcifarError naming the pip extra."""
+    spec = LOADERS[loader]
     try:
-        return importlib.import_module(module)
+        return importlib.import_module(spec.library)
     except ImportError as e:
         raise FastcifarError(
-            f"The {loader} loader needs {module}, which is not installed or fails to import ({e}); "
-            f"run pip install 'fastcifar[{extra}]'."
+            f"The {loader} loader needs {spec.library}, which is not installed or fails to import ({e}); "
+            f"run pip install 'fastcifar[{spec.extra}]'."
         ) from None
 
 

@@ -51,7 +51,7 @@ from fastcifar.loaders.base import (
     nhwc_to_contract,
     num_batches,
     prepared_format,
-    require_extra,
+    require_library,
     sample_order,
     shard_length,
     worker_count,
@@ -290,7 +290,7 @@ class DaliLoader:
 def build(cfg: Config, split: str, *, train: bool, device: torch.device | str, rank: int = 0, world_size: int = 1,
           indices: np.ndarray | None = None) -> DaliLoader:
     """The `dali` loader over dali/{encoding}/{split}-*.tar (format "dali:{data.dali_encoding}")."""
-    require_extra("nvidia.dali", "dali", "dali")
+    require_library("dali")
     check_rank(rank, world_size)
     entry, files = prepared_format(cfg, f"dali:{cfg.data.dali_encoding}", split)
     coarse = label_kind(cfg) == "coarse"

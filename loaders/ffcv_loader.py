@@ -43,7 +43,7 @@ from fastcifar.loaders.base import (
     label_kind,
     native_ops_for,
     prepared_format,
-    require_extra,
+    require_library,
     sample_order,
     worker_count,
 )
@@ -146,7 +146,7 @@ def build(cfg: Config, split: str, *, train: bool, device: torch.device | str, r
 
 def _build(cfg: Config, split: str, *, train: bool, device: torch.device | str, rank: int, world_size: int,
            indices: np.ndarray | None) -> FfcvLoader:
-    require_extra("ffcv", "ffcv", "ffcv")
+    require_library("ffcv")
     from ffcv.loader import Loader, OrderOption
 
     check_rank(rank, world_size)

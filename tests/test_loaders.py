@@ -20,7 +20,7 @@ from fastcifar.loaders import LOADERS, build_loader, remaining_augment
 from fastcifar.loaders.base import Loader, sample_order
 from fastcifar.loaders.dali_loader import parse_ascii_labels
 
-NAMES = ("gpu", "torch", "ffcv", "dali")
+NAMES = tuple(LOADERS)  # gpu, torch, ffcv, dali
 B = 100  # batch size: 512 train / 256 test do not divide by it, so last partial batches are exercised
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -552,8 +552,69 @@ def test_more_workers_than_cores_runs_with_a_note(name, root, capfd, monkeypatch
 # ---------------------------------------------------------------------------- registry and errors
 
 
-def test_registry_names_are_the_configs_loader_choices():
-    assert set(LOADERS) == set(CHOICES["data.loader"]) == set(NAMES)
+def _choices(parser, *path: str, option: str) -> tuple:
+    """The choices of `option` on the sub-command `path` of an argparse parser."""
+    for name in path:
+        sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+        parser = sub.choices[name]
+    return tuple(next(a for a in parser._actions if option in a.option_strings or a.dest == option).choices)
+
+
+def test_every_list_derives_from_its_one_source():
+    """Loaders, AMP modes, datasets and DALI encodings are each listed once; config, CLI, bench and the
+    README read them from there (this test fails if any list is written out by hand and drifts)."""
+    from pathlib import Path
+
+    from fastcifar.bench import cli as bench_cli
+    from fastcifar.bench.suites import FORMATS, VARIANTS
+    from fastcifar.cli import build_parser
+    from fastcifar.data.cifar import DATASETS
+    from fastcifar.data.manifest import DALI_ENCODINGS
+    from fastcifar.data.manifest import FORMATS as PREPARED
+    from fastcifar.engine.amp_modes import AMP_MODES
+    from fastcifar.engine.precision import AMP_DTYPES
+
+    parser = build_parser()
+    assert CHOICES["data.loader"] == _choices(parser, "train", option="--loader") == tuple(LOADERS) == NAMES
+    assert bench_cli.DEFAULT_LOADERS.split(",") == list(LOADERS)
+    assert list(VARIANTS) == [*LOADERS, "ffcv-native", "dali-native"]  # -native: loaders whose spec has native_ops
+    assert FORMATS == {name: spec.format for name, spec in LOADERS.items()} and set(FORMATS.values()) <= set(PREPARED)
+    assert CHOICES["train.amp"] == tuple(AMP_MODES) == tuple(AMP_DTYPES) == ("bf16", "fp16", "none")
+    assert AMP_DTYPES["bf16"] is torch.bfloat16 and AMP_DTYPES["none"] is None
+    assert CHOICES["data.dataset"] == tuple(DATASETS) == _choices(parser, "data", "prepare", option="dataset")
+    assert CHOICES["data.dali_encoding"] == DALI_ENCODINGS == _choices(parser, "data", "prepare", option="--dali-encoding")
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    table = readme[readme.index("## Loaders"):].split("\n\n")[1].splitlines()[2:]  # rows after the header
+    rows = [[cell.strip() for cell in row.strip("|").split("|")] for row in table]
+    assert [row[0].split("`")[1] for row in rows] == list(LOADERS)
+    for row, spec in zip(rows, LOADERS.values()):
+        assert (f"fastcifar[{spec.extra}]" in row[3]) if spec.extra else row[3] == "none"
+
+
+def test_the_config_reads_its_lists_without_importing_torch():
+    import subprocess
+
+    code = "import sys, fastcifar.config; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+def test_a_loader_is_one_registry_entry(root, monkeypatch):
+    """A new loader needs its module and its LoaderSpec, nothing else; its facts are enforced where they apply."""
+    import types
+
+    from fastcifar.loaders import LoaderSpec
+
+    module = types.ModuleType("fake_loader")
+    module.build = lambda cfg, split, **kw: ("built", split, kw["indices"])
+    monkeypatch.setitem(sys.modules, "fake_loader", module)
+    monkeypatch.setitem(LOADERS, "fake", LoaderSpec("fake", "fake_loader", "npy", None, None, frozenset(), False, "test"))
+    cfg = make_cfg(root, "gpu")
+    cfg.data.loader = "fake"
+    assert build_loader(cfg, "test", train=False, device="cpu") == ("built", "test", None)
+    with pytest.raises(FastcifarError, match="cannot hold out a val split; set data.val_split: 0 or use data.loader: "
+                                             "gpu, torch, ffcv, dali"):
+        build_loader(cfg, "train", train=True, device="cpu", indices=np.arange(10))
 
 
 def test_unknown_loader_lists_the_valid_names(root):
