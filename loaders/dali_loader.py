@@ -32,6 +32,7 @@ they are drained and dropped when the epoch's generator closes, so the next epoc
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Iterator
 
@@ -146,6 +147,39 @@ class Shards:
 # ---------------------------------------------------------------------------- the loader
 
 
+def epoch_batches(shards: Shards, order: np.ndarray, batch_size: int, steps: int, flips: np.ndarray | None,
+                  anchors: np.ndarray | None) -> Iterator[tuple]:
+    """Per step: (entries, labels int64 [b][, flips int32 [b]][, anchors int32 [b, 2]]) of the next samples.
+
+    A plain function of its arguments: the generator holds the shards, not the loader (see Feed).
+    """
+    for step in range(steps):
+        rows = slice(step * batch_size, (step + 1) * batch_size)  # b < batch_size only for a last partial batch
+        samples = order[rows]
+        batch = [shards.entries(samples), shards.labels[samples]]
+        batch += [extra[rows] for extra in (flips, anchors) if extra is not None]
+        yield tuple(batch)
+
+
+
+class Feed:
+    """The external source's callback: the next batch of the current epoch; StopIteration ends the epoch.
+
+    A separate object, so the pipeline (which holds the callback) does not hold the loader: with no
+    reference cycle, dropping the loader frees the pipeline and stops its threads at once, instead of
+    leaving it to the garbage collector, which might run it in a forked DataLoader worker where DALI's
+    threads do not exist (its shutdown then waits forever).
+    """
+
+    def __init__(self):
+        self.batches: Iterator[tuple] | None = None
+
+    def __call__(self) -> tuple:
+        if self.batches is None:
+            raise StopIteration
+        return next(self.batches)
+
+
 class DaliLoader:
     """One DALI pipeline for the loader's lifetime, fed the contract's order batch by batch.
 
@@ -179,8 +213,8 @@ class DaliLoader:
         self.epoch = 0
         self.builds = 0
         self._pipe = None
-        self._live = None  # the generator of the epoch being iterated, if any
-        self._feed: Iterator[tuple] | None = None  # this epoch's batches for the external source
+        self._live: weakref.ref | None = None  # the generator of the epoch being iterated, if any
+        self._source = Feed()  # this epoch's batches for the external source
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -197,27 +231,14 @@ class DaliLoader:
         return order if self.indices is None else torch.from_numpy(self.indices)[order]
 
     def _batches(self, epoch: int) -> Iterator[tuple]:
-        """The external source's batches of one epoch: (entries, labels[, flips][, anchors])."""
+        """The external source's batches of one epoch (see epoch_batches), with this epoch's augment draws."""
         order = self._order(epoch).numpy()
-        steps, b = num_batches(len(order), self.batch_size, self.drop_last), self.batch_size
         rng = augment_seed(self.seed, epoch, self.rank)
-        flips = (rng.random(len(order)) < self.hflip).astype(np.int32)  # [n] 1 = mirror
+        flips = (rng.random(len(order)) < self.hflip).astype(np.int32) if self.hflip > 0 else None  # [n] 1 = mirror
         p = self.crop_padding
-        anchors = rng.integers(-p, p + 1, size=(len(order), 2), dtype=np.int32)  # [n, (dy, dx)]
-        for step in range(steps):
-            samples = order[step * b:(step + 1) * b]  # [b], b < B only for a last partial batch
-            batch = [self.shards.entries(samples), self.shards.labels[samples]]
-            if self.hflip > 0:
-                batch.append(flips[step * b:(step + 1) * b])
-            if p > 0:
-                batch.append(anchors[step * b:(step + 1) * b])
-            yield tuple(batch)
-
-    def _source(self):
-        """DALI's callback: the next batch of the current epoch; StopIteration ends the epoch."""
-        if self._feed is None:
-            raise StopIteration
-        return next(self._feed)
+        anchors = rng.integers(-p, p + 1, size=(len(order), 2), dtype=np.int32) if p > 0 else None  # [n, (dy, dx)]
+        steps = num_batches(len(order), self.batch_size, self.drop_last)
+        return epoch_batches(self.shards, order, self.batch_size, steps, flips, anchors)
 
     def _pipeline(self):
         """Build the pipeline once (its graph does not depend on the epoch)."""
@@ -249,10 +270,12 @@ class DaliLoader:
         return pipe
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self._live is not None:
-            self._live.close()  # a previous epoch left unfinished: drain it first
-        self._live = self._epoch()
-        return self._live
+        live = self._live() if self._live is not None else None
+        if live is not None:
+            live.close()  # a previous epoch left unfinished: drain it first
+        epoch = self._epoch()
+        self._live = weakref.ref(epoch)  # weak: a loader -> generator -> loader cycle would outlive both
+        return epoch
 
     def _epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
@@ -260,7 +283,7 @@ class DaliLoader:
         if self._pipe is None:
             self._pipe = self._pipeline()
         pipe = self._pipe
-        self._feed = self._batches(self.epoch)
+        self._source.batches = self._batches(self.epoch)
         stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
         done = False
         try:
@@ -278,12 +301,12 @@ class DaliLoader:
                 yield nhwc_to_contract(images), labels  # [B, 32, 32, 3] -> [B, 3, 32, 32] view
         finally:
             if not done:  # stopped early: end the epoch's feed, drop what DALI already scheduled
-                self._feed = None
+                self._source.batches = None
                 pipe.schedule_run()  # the source raises StopIteration: nothing more is scheduled
                 while not pipe.empty():
                     pipe.share_outputs()
                     pipe.release_outputs()
-            self._feed = None
+            self._source.batches = None
             pipe.reset()  # ready for the next epoch; the pipeline and its threads stay
 
 

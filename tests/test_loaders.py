@@ -18,7 +18,7 @@ from fastcifar.config import CHOICES, Config, apply_overrides, from_dict
 from fastcifar.errors import FastcifarError
 from fastcifar.loaders import LOADERS, build_loader, remaining_augment
 from fastcifar.loaders.base import Loader, sample_order
-from fastcifar.loaders.dali_loader import parse_ascii_labels
+from fastcifar.loaders.dali_loader import Feed, parse_ascii_labels
 
 NAMES = tuple(LOADERS)  # gpu, torch, ffcv, dali
 B = 100  # batch size: 512 train / 256 test do not divide by it, so last partial batches are exercised
@@ -461,14 +461,14 @@ def test_dali_pipeline_persists_and_an_epoch_starts_without_reading_a_shard(root
     cfg = make_cfg(root, "dali", prefetch=2)
     loader = build_loader(cfg, "train", train=True, device="cpu")
     handed = []
-    source = loader._source
 
-    def counting_source():
-        batch = source()  # raises StopIteration at the end of an epoch
-        handed.append(len(batch[1]))
-        return batch
+    class CountingFeed(Feed):
+        def __call__(self):
+            batch = super().__call__()  # raises StopIteration at the end of an epoch
+            handed.append(len(batch[1]))
+            return batch
 
-    loader._source = counting_source  # the pipeline calls it through a bound reference made at build
+    loader._source = CountingFeed()  # before the first epoch: the pipeline is built with it
     for e in range(3):
         loader.set_epoch(e)
         handed.clear()
@@ -496,6 +496,19 @@ def test_dali_epoch_stopped_early_leaves_the_next_epoch_whole(root, train_src):
     np.testing.assert_array_equal(order_of(loader, train_src),  # a new iter() drains the unfinished one
                                   sample_order(512, seed=3, epoch=1, train=True, drop_last=False))
     assert loader.builds == 1
+
+
+def test_dali_pipeline_is_freed_with_its_loader_even_mid_epoch(root):
+    """No reference cycle: the pipeline stops when the loader goes, never later in a garbage collection that
+    could run in a forked DataLoader worker, where DALI's shutdown would wait forever for its threads."""
+    import weakref
+
+    loader = build_loader(make_cfg(root, "dali"), "train", train=True, device="cpu")
+    batches = iter(loader)
+    next(batches)
+    pipe = weakref.ref(loader._pipe)
+    del batches, loader
+    assert pipe() is None
 
 
 def test_dali_native_augment_replays_any_epoch(root):
