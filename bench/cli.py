@@ -37,9 +37,9 @@ from fastcifar.bench.suites import (
     settings_dict,
 )
 from fastcifar.bench.timing import usable_cores
-from fastcifar.engine.distributed import resolve_device
 from fastcifar.data.cifar import DATASETS
 from fastcifar.engine.amp_modes import AMP_MODES
+from fastcifar.engine.distributed import resolve_device
 from fastcifar.errors import FastcifarError
 from fastcifar.loaders import LOADERS
 from fastcifar.loaders.ffcv_loader import keep_torch_threads

@@ -185,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--test", type=int, default=1000, help="test images (default 1000)")
     synth.add_argument("--seed", type=int, default=0)
     prepare.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated subset of {','.join(FORMATS)}")
-    prepare.add_argument("--dali-encoding", choices=DALI_ENCODINGS, default="raw", help="image encoding inside the DALI shards")
+    prepare.add_argument("--dali-encoding", choices=DALI_ENCODINGS, default="raw",
+                         help="image encoding inside the DALI shards")
     download.set_defaults(func=cmd_data_download)
     synth.set_defaults(func=cmd_data_synth)
     prepare.set_defaults(func=cmd_data_prepare)

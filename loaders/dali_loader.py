@@ -246,7 +246,9 @@ class DaliLoader:
         from nvidia.dali.pipeline import Pipeline
 
         gpu = self.device.type == "cuda"
-        device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) if gpu else None
+        device_id = None  # CPU operators only
+        if gpu:
+            device_id = self.device.index if self.device.index is not None else torch.cuda.current_device()
         pipe = Pipeline(batch_size=self.batch_size, num_threads=self.threads, device_id=device_id,
                         prefetch_queue_depth=self.prefetch, seed=self.seed)
         outputs = 2 + (self.hflip > 0) + (self.crop_padding > 0)
@@ -290,7 +292,7 @@ class DaliLoader:
             pipe.schedule_run()  # after a reset: runs `prefetch` iterations ahead
             while True:
                 try:
-                    images, labels = pipe.share_outputs(cuda_stream=stream)  # outputs ordered on `stream`: no host wait
+                    images, labels = pipe.share_outputs(cuda_stream=stream)  # ordered on `stream`: no host wait
                 except StopIteration:
                     done = True
                     break
@@ -320,7 +322,8 @@ def build(cfg: Config, split: str, *, train: bool, device: torch.device | str, r
     shards = Shards(files["shards"], files["index"], entry["ext"],
                     entry["coarse_label_ext"] if coarse else entry["label_ext"])
     if len(shards) != int(entry[split]["count"]):
-        raise FastcifarError(f"The dali {split} index lists {len(shards)} samples, the manifest {entry[split]['count']}; "
+        raise FastcifarError(f"The dali {split} index lists {len(shards)} samples, the manifest "
+                             f"{entry[split]['count']}; "
                              f"rebuild it with `fastcifar data prepare {cfg.data.dataset} --formats dali --force`.")
     native = native_ops_for(cfg, train)
     return DaliLoader(

@@ -540,7 +540,7 @@ def test_worker_count_is_clamped_to_the_usable_cores_with_one_note(monkeypatch, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "data.workers is 8 but this process may use 3 CPU core(s)" in err  # once
     cfg.data.workers = 0  # each library's own meaning of 0, never clamped up
-    assert (base.worker_count(cfg, "torch"), base.worker_count(cfg, "ffcv"), base.worker_count(cfg, "dali")) == (0, 0, 1)
+    assert [base.worker_count(cfg, name) for name in ("torch", "ffcv", "dali")] == [0, 0, 1]
     cfg.data.workers = 2
     assert base.worker_count(cfg, "ffcv") == 2 and capsys.readouterr().err == ""
     cfg.data.workers = -1
@@ -595,7 +595,8 @@ def test_every_list_derives_from_its_one_source():
     assert CHOICES["train.amp"] == tuple(AMP_MODES) == tuple(AMP_DTYPES) == ("bf16", "fp16", "none")
     assert AMP_DTYPES["bf16"] is torch.bfloat16 and AMP_DTYPES["none"] is None
     assert CHOICES["data.dataset"] == tuple(DATASETS) == _choices(parser, "data", "prepare", option="dataset")
-    assert CHOICES["data.dali_encoding"] == DALI_ENCODINGS == _choices(parser, "data", "prepare", option="--dali-encoding")
+    encodings = _choices(parser, "data", "prepare", option="--dali-encoding")
+    assert CHOICES["data.dali_encoding"] == DALI_ENCODINGS == encodings
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     table = readme[readme.index("## Loaders"):].split("\n\n")[1].splitlines()[2:]  # rows after the header
@@ -621,7 +622,8 @@ def test_a_loader_is_one_registry_entry(root, monkeypatch):
     module = types.ModuleType("fake_loader")
     module.build = lambda cfg, split, **kw: ("built", split, kw["indices"])
     monkeypatch.setitem(sys.modules, "fake_loader", module)
-    monkeypatch.setitem(LOADERS, "fake", LoaderSpec("fake", "fake_loader", "npy", None, None, frozenset(), False, "test"))
+    spec = LoaderSpec("fake", "fake_loader", "npy", None, None, frozenset(), takes_indices=False, description="test")
+    monkeypatch.setitem(LOADERS, "fake", spec)
     cfg = make_cfg(root, "gpu")
     cfg.data.loader = "fake"
     assert build_loader(cfg, "test", train=False, device="cpu") == ("built", "test", None)
