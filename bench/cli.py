@@ -37,11 +37,14 @@ from fastcifar.bench.suites import (
     settings_dict,
 )
 from fastcifar.bench.timing import usable_cores
+from fastcifar.data.cifar import DATASETS
+from fastcifar.engine.amp_modes import AMP_MODES
 from fastcifar.engine.distributed import resolve_device
 from fastcifar.errors import FastcifarError
+from fastcifar.loaders import LOADERS
 from fastcifar.loaders.ffcv_loader import keep_torch_threads
 
-DEFAULT_LOADERS = "gpu,torch,ffcv,dali"
+DEFAULT_LOADERS = ",".join(LOADERS)  # every loader, without the -native variants
 DEFAULT_SIZES = (32, 64, 128, 224)
 VIEWS = ("loader", "model", "e2e")
 SWEEP_DEFAULTS = {"batch": (64, 128, 256, 512), "workers": (1, 2, 4, 8)}
@@ -79,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--warmup", type=int, default=3, help="warm-up before measuring: the first batch plus WARMUP-1 windows, timed on their own (default 3)")
     how.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                      help="torch.compile the model (default: on with CUDA, off on a CPU where it takes ~1 min)")
-    how.add_argument("--amp", choices=("bf16", "fp16", "none"), default=None,
+    how.add_argument("--amp", choices=tuple(AMP_MODES), default=None,
                      help="autocast dtype (default: bf16 with CUDA, none on a CPU)")
     how.add_argument("--workers", type=int, default=None, help="DataLoader workers / ffcv, dali threads (default: usable cores)")
     how.add_argument("--seed", type=int, default=0)
@@ -87,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--root", default=None, help="data root with prepared data (default: a temporary root with a "
                       "SYNTHETIC stand-in; image content does not affect throughput)")
-    data.add_argument("--dataset", choices=("cifar10", "cifar100"), default="cifar100")
+    data.add_argument("--dataset", choices=tuple(DATASETS), default="cifar100")
     data.add_argument("--synthetic-images", type=int, default=10000,
                       help="train images in the synthetic stand-in (default 10000; 50000 matches CIFAR's epoch length)")
 
@@ -126,7 +129,8 @@ def _names(text: str, valid: tuple[str, ...], what: str) -> list[str]:
 
 def _backend_missing(variant: str) -> str | None:
     """Why an optional backend cannot run here, or None when it imports."""
-    module, extra = {"ffcv": ("ffcv", "ffcv"), "dali": ("nvidia.dali", "dali")}.get(VARIANTS[variant][0], (None, None))
+    spec = LOADERS[VARIANTS[variant][0]]
+    module, extra = spec.library, spec.extra
     if module is None:
         return None
     try:

@@ -43,18 +43,16 @@ from fastcifar.bench.timing import (
 from fastcifar.config import Config, from_dict
 from fastcifar.engine.precision import AMP_DTYPES, autocast, input_dtype, synchronize
 from fastcifar.errors import FastcifarError
+from fastcifar.loaders import LOADERS
 
-# variant name on the CLI -> (loader registry name, native_augment)
+# variant name on the CLI -> (loader registry name, native_augment): every loader, then "NAME-native" for each
+# loader whose library can run the augmentation itself
 VARIANTS: dict[str, tuple[str, bool]] = {
-    "gpu": ("gpu", False),
-    "torch": ("torch", False),
-    "ffcv": ("ffcv", False),
-    "dali": ("dali", False),
-    "ffcv-native": ("ffcv", True),
-    "dali-native": ("dali", True),
+    **{name: (name, False) for name in LOADERS},
+    **{f"{name}-native": (name, True) for name, spec in LOADERS.items() if spec.native_ops},
 }
 # the prepared format each loader reads
-FORMATS = {"gpu": "npy", "torch": "npy", "ffcv": "ffcv", "dali": "dali"}
+FORMATS = {name: spec.format for name, spec in LOADERS.items()}
 # one fixed augmentation policy for every loader: random crop after 4 px padding (a translate) + mirror
 BENCH_AUGMENT = {"crop_padding": 4, "hflip": 0.5}
 LOADER_BOUND_RATIO = 0.90  # e2e below 90 % of the model-only ceiling ...
@@ -84,7 +82,7 @@ class BenchSettings:
         if self.iters < 1 or self.warmup < 1:
             raise FastcifarError(f"--iters ({self.iters}) and --warmup ({self.warmup}) must be at least 1; pass larger values.")
         if self.amp not in AMP_DTYPES:
-            raise FastcifarError(f"Unknown --amp '{self.amp}'; choose bf16, fp16 or none.")
+            raise FastcifarError(f"Unknown --amp '{self.amp}'; choose {', '.join(AMP_DTYPES)}.")
 
 
 def data_info(settings: BenchSettings):

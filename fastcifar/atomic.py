@@ -12,8 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import torch
-
 TEMP_PREFIX = ".tmp-"  # every temp file or folder fastcifar creates starts with this; stale ones are safe to delete
 
 
@@ -52,6 +50,8 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def torch_save(obj: object, path: str | os.PathLike) -> None:
     """`torch.save` to `path` atomically."""
+    import torch  # here, not at the top: the config reads fastcifar.data's constants and must not load torch
+
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             torch.save(obj, f)

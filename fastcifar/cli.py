@@ -16,7 +16,10 @@ from rich.table import Table
 from rich_argparse import RichHelpFormatter
 
 from fastcifar import __version__
+from fastcifar.data.cifar import DATASETS as DATASET_SPECS
+from fastcifar.data.manifest import DALI_ENCODINGS, FORMATS
 from fastcifar.errors import FastcifarError
+from fastcifar.loaders import LOADERS
 
 # Transparent huge pages for torch's CPU allocator: a fresh 224 px float batch otherwise spends most of its
 # time in page faults (~3x slower augment on CPU, measured). Read lazily by torch, so setting it here suffices.
@@ -26,7 +29,7 @@ if not sys.stdout.isatty():
     os.environ.setdefault("COLUMNS", "160")
 
 console = Console()
-DATASETS = ("cifar10", "cifar100")
+DATASETS = tuple(DATASET_SPECS)  # the names, from fastcifar.data.cifar
 ROOT_HELP = "data root (default: $FASTCIFAR_ROOT, else ~/.cache/fastcifar)"
 
 
@@ -54,9 +57,10 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
     from fastcifar.data.prepare import prepare
 
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-    unknown = sorted(set(formats) - {"npy", "ffcv", "dali"})
+    unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
-        raise FastcifarError(f"Unknown format(s) {', '.join(unknown)}; choose from npy, ffcv, dali (e.g. --formats npy,ffcv).")
+        raise FastcifarError(f"Unknown format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)} "
+                             "(e.g. --formats npy,ffcv).")
     if args.archive:
         from fastcifar.data.download import extract_user_archive
 
@@ -206,8 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--train", type=int, default=5000, help="train images (default 5000)")
     synth.add_argument("--test", type=int, default=1000, help="test images (default 1000)")
     synth.add_argument("--seed", type=int, default=0)
-    prepare.add_argument("--formats", default="npy,ffcv,dali", help="comma-separated subset of npy,ffcv,dali")
-    prepare.add_argument("--dali-encoding", choices=("raw", "png", "jpeg"), default="raw", help="image encoding inside the DALI shards")
+    prepare.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated subset of {','.join(FORMATS)}")
+    prepare.add_argument("--dali-encoding", choices=DALI_ENCODINGS, default="raw",
+                         help="image encoding inside the DALI shards")
     prepare.add_argument("--custom", action="store_true",
                          help="the folder is your own data in the CIFAR pickle layout: any number of images, the "
                               "classes of its meta file; runs on it are labelled custom")
@@ -226,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a config (a packaged name or a YAML path)", formatter_class=RichHelpFormatter)
     train.add_argument("config", nargs="?", help="packaged config name (see `fastcifar configs`) or YAML path")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. --set optim.lr=0.01 (repeatable)")
-    train.add_argument("--loader", choices=("gpu", "torch", "ffcv", "dali"), help="shortcut for --set data.loader=...")
+    train.add_argument("--loader", choices=tuple(LOADERS), help="shortcut for --set data.loader=...")
     train.add_argument("--root", help=ROOT_HELP)
     train.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=...")
     train.add_argument("--device", help="auto | cpu | cuda | cuda:N")

@@ -17,7 +17,11 @@ from typing import Any, Union
 
 import yaml
 
+from fastcifar.data.cifar import DATASETS
+from fastcifar.data.manifest import DALI_ENCODINGS
+from fastcifar.engine.amp_modes import AMP_MODES
 from fastcifar.errors import FastcifarError
+from fastcifar.loaders import LOADERS
 
 STORED_SIDE = 32  # px of every stored CIFAR image
 
@@ -27,7 +31,7 @@ class DataConfig:
     dataset: str = "cifar100"  # cifar10 | cifar100
     root: str | None = None  # data root; None = $FASTCIFAR_ROOT or ~/.cache/fastcifar
     label: str = "fine"  # cifar100 only: fine (100 classes) | coarse (20 superclasses)
-    loader: str = "gpu"  # gpu | torch | ffcv | dali
+    loader: str = "gpu"  # a name in fastcifar.loaders.LOADERS: gpu | torch | ffcv | dali
     batch_size: int = 256  # images per step, per process
     eval_batch_size: int = 1024  # images per eval step
     drop_last: bool = True  # static shapes for torch.compile; the last partial train batch is dropped
@@ -158,18 +162,19 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
 
 
+# Lists kept elsewhere are read from their one source (none of these imports torch).
 CHOICES = {
-    "data.dataset": ("cifar10", "cifar100"),
+    "data.dataset": tuple(DATASETS),
     "data.label": ("fine", "coarse"),
-    "data.loader": ("gpu", "torch", "ffcv", "dali"),
+    "data.loader": tuple(LOADERS),
     "data.ffcv_order": ("random", "quasi_random", "sequential"),
-    "data.dali_encoding": ("raw", "png", "jpeg"),
+    "data.dali_encoding": DALI_ENCODINGS,
     "augment.pad_mode": ("reflect", "constant"),
     "model.head": ("linear", "arcface", "cosface"),
     "optim.name": ("sgd", "adam", "adamw"),
     "schedule.name": ("cosine", "onecycle", "multistep", "constant"),
     "early_stop.mode": ("auto", "max", "min"),
-    "train.amp": ("bf16", "fp16", "none"),
+    "train.amp": tuple(AMP_MODES),
     "train.compile_mode": ("default", "reduce-overhead", "max-autotune"),
 }
 

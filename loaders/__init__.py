@@ -5,32 +5,79 @@
         loader.set_epoch(epoch)
         for images, labels in loader: ...  # uint8 [B, 3, H, W] channels_last, int64 [B], on `device`
 
-Adding a loader: write `loaders/NAME.py` with `build(cfg, split, *, train, device, rank, world_size,
-indices)` returning an object that follows `fastcifar.loaders.base.Loader`, and add one line to LOADERS.
-Modules are imported only when their loader is built, so optional libraries (ffcv, nvidia.dali) are
+LOADERS is the one record of what each loader is and needs; every list of loaders derives from it: the
+choices of `data.loader` (config) and `--loader` (CLI), the benchmark's variants and the formats it
+prepares, and the README's table (a test keeps it in step). Adding a loader: write `loaders/NAME.py`
+with `build(cfg, split, *, train, device, rank, world_size, indices)` returning an object that follows
+`fastcifar.loaders.base.Loader`, and add its LoaderSpec here.
+
+This module imports neither torch nor the loader modules (the config reads LOADERS at import time):
+modules are imported only when their loader is built, so optional libraries (ffcv, nvidia.dali) are
 never imported by the others.
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
-from fastcifar.config import Config
-from fastcifar.errors import FastcifarError
-from fastcifar.loaders.base import Loader, remaining_augment
+    from fastcifar.config import Config
+    from fastcifar.loaders.base import Loader
 
-# name -> module defining build(); the names are the values of `data.loader` and `--loader`.
-LOADERS: dict[str, str] = {
-    "gpu": "fastcifar.loaders.gpu",  # whole split on the device, index slices (the ceiling)
-    "torch": "fastcifar.loaders.torch_loader",  # DataLoader + per-sample CPU transforms (the baseline)
-    "ffcv": "fastcifar.loaders.ffcv_loader",  # .beton + numba JIT pipeline      (pip install 'fastcifar[ffcv]')
-    "dali": "fastcifar.loaders.dali_loader",  # webdataset + DALI graph          (pip install 'fastcifar[dali]')
-}
 
-__all__ = ["LOADERS", "Loader", "build_loader", "remaining_augment"]
+@dataclass(frozen=True)
+class LoaderSpec:
+    """The facts of one loader.
+
+    Attributes:
+        name: the value of `data.loader` and `--loader`.
+        module: defines `build(cfg, split, *, train, device, rank, world_size, indices)`.
+        format: the prepared format it reads (`fastcifar data prepare --formats`).
+        library: the optional module it needs, None = core dependencies only; its loader module imports it
+            through `base.require_library` (lazily, inside the build, where ffcv's thread side effects are contained).
+        extra: the pip extra that installs `library` (`pip install 'fastcifar[extra]'`).
+        native_ops: per-image ops its library can run itself (`data.native_augment: true`); non-empty
+            ones also get a "NAME-native" benchmark variant.
+        takes_indices: serves a subset of a split (the held-out `data.val_split`).
+        description: one line for docs and help.
+    """
+
+    name: str
+    module: str
+    format: str
+    library: str | None
+    extra: str | None
+    native_ops: frozenset[str]
+    takes_indices: bool
+    description: str
+
+
+LOADERS: dict[str, LoaderSpec] = {spec.name: spec for spec in (
+    LoaderSpec("gpu", "fastcifar.loaders.gpu", "npy", None, None, frozenset(), True,
+               "whole split on the device, index slices of a per-epoch permutation (the ceiling)"),
+    LoaderSpec("torch", "fastcifar.loaders.torch_loader", "npy", None, None, frozenset(), True,
+               "DataLoader workers with per-image CPU transforms (the baseline)"),
+    LoaderSpec("ffcv", "fastcifar.loaders.ffcv_loader", "ffcv", "ffcv", "ffcv", frozenset({"hflip", "crop"}), True,
+               ".beton decoded by ffcv's numba-JIT pipeline on CPU threads"),
+    LoaderSpec("dali", "fastcifar.loaders.dali_loader", "dali", "nvidia.dali", "dali", frozenset({"hflip", "crop"}),
+               True, "webdataset shards through one persistent DALI pipeline (decode on the GPU)"),
+)}
+
+__all__ = ["LOADERS", "Loader", "LoaderSpec", "build_loader", "remaining_augment"]
+
+
+def __getattr__(name: str):
+    """`Loader` and `remaining_augment` live in loaders.base (torch); imported on first use, not with the registry."""
+    if name in ("Loader", "remaining_augment"):
+        from fastcifar.loaders import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_loader(cfg: Config, split: str, *, train: bool, device: torch.device | str, rank: int = 0,
@@ -53,8 +100,15 @@ def build_loader(cfg: Config, split: str, *, train: bool, device: torch.device |
         FastcifarError: unknown loader name (lists the valid ones), its library not installed (names the
             pip extra), the required prepared format missing (names the prepare command), bad indices.
     """
+    from fastcifar.errors import FastcifarError
+
     name = cfg.data.loader
     if name not in LOADERS:
         raise FastcifarError(f"Unknown loader '{name}'; choose one of {', '.join(LOADERS)} (data.loader or --loader).")
-    module = importlib.import_module(LOADERS[name])
+    spec = LOADERS[name]
+    if indices is not None and not spec.takes_indices:
+        with_indices = ", ".join(n for n, s in LOADERS.items() if s.takes_indices)
+        raise FastcifarError(f"The {name} loader cannot hold out a val split; set data.val_split: 0 or use "
+                             f"data.loader: {with_indices}.")
+    module = importlib.import_module(spec.module)
     return module.build(cfg, split, train=train, device=device, rank=rank, world_size=world_size, indices=indices)

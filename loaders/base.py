@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
+import sys
 from pathlib import Path
 from typing import Iterator, Protocol, runtime_checkable
 
@@ -32,6 +34,7 @@ import torch
 
 from fastcifar.config import AugmentConfig, Config
 from fastcifar.errors import FastcifarError
+from fastcifar.loaders import LOADERS
 from fastcifar.paths import data_root
 
 SPLITS = ("train", "test")
@@ -181,15 +184,50 @@ def root_of(cfg: Config) -> Path:
     return data_root(cfg.data.root)
 
 
-def worker_count(cfg: Config) -> int:
-    """cfg.data.workers, checked (0: torch loads in the main process, ffcv uses all cores, dali 1 thread)."""
-    if cfg.data.workers < 0:
-        raise FastcifarError(f"data.workers is {cfg.data.workers}; set it to 0 or more (0 = load in the main process).")
-    return cfg.data.workers
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under taskset or a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity API on this platform
+        return os.cpu_count() or 1
+
+
+_NOTED: set[str] = set()
+
+
+def note(message: str) -> None:
+    """Print a one-line note on stderr, once per process (train and eval loaders would repeat it)."""
+    if message not in _NOTED:
+        _NOTED.add(message)
+        print(f"note: {message}", file=sys.stderr)
+
+
+def worker_count(cfg: Config, loader: str) -> int:
+    """cfg.data.workers, checked and clamped to the usable cores (with a one-line note).
+
+    More workers than cores only oversubscribe them (torch processes, dali threads), and ffcv's numba
+    refuses more threads than cores with a ValueError; so the count is clamped, not refused.
+
+    Args:
+        loader: "torch" (0 = load in the main process), "ffcv" (0 = all cores) or "dali" (0 = 1 thread).
+
+    Returns:
+        The count to pass to the library: 0 <= count <= usable_cores(), at least 1 for dali.
+    """
+    workers = cfg.data.workers
+    if workers < 0:
+        raise FastcifarError(f"data.workers is {workers}; set it to 0 or more (0 = load in the main process).")
+    cores = usable_cores()
+    if workers > cores:
+        note(f"data.workers is {workers} but this process may use {cores} CPU core(s); the {loader} loader uses "
+             f"{cores}.")
+        workers = cores
+    return max(1, workers) if loader == "dali" else workers
 
 
 def native_ops_for(cfg: Config, train: bool) -> frozenset[str]:
-    """The per-image ops a native (ffcv / dali) pipeline runs for this config: hflip and/or crop (translate).
+    """The per-image ops the loader's native (ffcv / dali) pipeline runs for this config: hflip and/or crop
+    (translate), those of the ops its LoaderSpec says it can run.
 
     Raises:
         FastcifarError: one_of mode, whose ops must be drawn together, cannot be split between a native
@@ -206,7 +244,7 @@ def native_ops_for(cfg: Config, train: bool) -> frozenset[str]:
         ops.add("hflip")
     if aug.crop_padding > 0:
         ops.add("crop")
-    return frozenset(ops)
+    return frozenset(ops) & LOADERS[cfg.data.loader].native_ops
 
 
 def remaining_augment(aug: AugmentConfig, loader: Loader) -> AugmentConfig:
@@ -227,14 +265,15 @@ def remaining_augment(aug: AugmentConfig, loader: Loader) -> AugmentConfig:
 # ---------------------------------------------------------------------------- optional libraries
 
 
-def require_extra(module: str, extra: str, loader: str):
-    """Import an optional library, or raise a FastcifarError naming the pip extra that installs it."""
+def require_library(loader: str):
+    """Import the optional library of `loader` (its LoaderSpec), or raise a FastcifarError naming the pip extra."""
+    spec = LOADERS[loader]
     try:
-        return importlib.import_module(module)
+        return importlib.import_module(spec.library)
     except ImportError as e:
         raise FastcifarError(
-            f"The {loader} loader needs {module}, which is not installed or fails to import ({e}); "
-            f"run pip install 'fastcifar[{extra}]'."
+            f"The {loader} loader needs {spec.library}, which is not installed or fails to import ({e}); "
+            f"run pip install 'fastcifar[{spec.extra}]'."
         ) from None
 
 

@@ -43,7 +43,7 @@ from fastcifar.loaders.base import (
     label_kind,
     native_ops_for,
     prepared_format,
-    require_extra,
+    require_library,
     sample_order,
     worker_count,
 )
@@ -146,7 +146,7 @@ def build(cfg: Config, split: str, *, train: bool, device: torch.device | str, r
 
 def _build(cfg: Config, split: str, *, train: bool, device: torch.device | str, rank: int, world_size: int,
            indices: np.ndarray | None) -> FfcvLoader:
-    require_extra("ffcv", "ffcv", "ffcv")
+    require_library("ffcv")
     from ffcv.loader import Loader, OrderOption
 
     check_rank(rank, world_size)
@@ -162,7 +162,7 @@ def _build(cfg: Config, split: str, *, train: bool, device: torch.device | str, 
                            cfg.augment.crop_padding if "crop" in native else 0)
     options = dict(
         batch_size=batch_size_for(cfg, train),
-        num_workers=worker_count(cfg),  # JIT threads; ffcv reads < 1 as "all cores"
+        num_workers=worker_count(cfg, "ffcv"),  # JIT threads; ffcv reads < 1 as "all cores"
         os_cache=cfg.data.ffcv_os_cache,
         # world_size > 1: built sequential, then given the contract's sharded order below.
         order=getattr(OrderOption, ORDERS[order_name] if world_size == 1 else "SEQUENTIAL"),

@@ -6,8 +6,11 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
+from fastcifar.engine.amp_modes import AMP_MODES
+
 # train.amp -> autocast dtype (None = full float32)
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+AMP_DTYPES: dict[str, torch.dtype | None] = {mode: getattr(torch, name) if name else None
+                                             for mode, name in AMP_MODES.items()}
 
 
 def autocast(device: torch.device, amp: str) -> AbstractContextManager:
