@@ -49,6 +49,8 @@ def print_epoch(t: "Trainer", r: dict, improved: bool) -> None:
         parts.append(f"{r['img_per_s']:,.0f} img/s")
     if r.get("data_wait") is not None:
         parts.append(f"wait {r['data_wait']:.0%}")
+    if r.get("device_wait") is not None:  # CUDA only: the device idle between steps (engine/device_wait.py)
+        parts.append(f"device idle {r['device_wait']:.0%}")
     parts.append(f"{r['train_s'] + r.get('eval_s', 0.0):.1f}s")
     if r.get("warmup_s") is not None:
         step = "compile + first step" if t.cfg.train.compile else "first step"
@@ -90,6 +92,7 @@ def write_final(t: "Trainer", split: str, best_eval: dict) -> None:
     best = next((r for r in records if r["epoch"] == t.selector.best_epoch), {})
     rates = [r["img_per_s"] for r in records if r.get("img_per_s")]
     waits = [r["data_wait"] for r in records if r.get("data_wait") is not None]
+    device_waits = [r["device_wait"] for r in records if r.get("device_wait") is not None]
     summary = {
         "status": "early-stopped" if t.stopper.stopped_epoch is not None else "done",
         **static_summary(t),
@@ -104,7 +107,8 @@ def write_final(t: "Trainer", split: str, best_eval: dict) -> None:
         "stopped_epoch": t.stopper.stopped_epoch,
         "wall_s": t.wall_s,
         "img_per_s": statistics.median(rates) if rates else None,  # median over epochs, warm-up step excluded
-        "data_wait": statistics.median(waits) if waits else None,
+        "data_wait": statistics.median(waits) if waits else None,  # host blocked in next(loader) / train time
+        "device_wait": statistics.median(device_waits) if device_waits else None,  # CUDA: device idle between steps
         "compile": t.cfg.train.compile,
         "compile_s": t.first_warmup_s if t.cfg.train.compile else None,  # first step incl. torch.compile
         "warmup_s": t.first_warmup_s,
