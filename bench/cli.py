@@ -288,8 +288,10 @@ def _policy(cfg: Config) -> dict:
     return {k: v for k, v in to_dict(cfg)["augment"].items() if v != default.get(k) and k not in ("image_size", "scales")}
 
 
-def _measure(cells: list, base: BenchSettings, info, skipped: list, failed: list, run_epochs: int = DEFAULT_RUN_EPOCHS) -> list[dict]:
-    rows, ceilings = [], {}
+def _measure(cells: list, base: BenchSettings, info, skipped: list, failed: list, run_epochs: int = DEFAULT_RUN_EPOCHS,
+             rows: list | None = None, on_row=None) -> list[dict]:
+    """Measure `cells` in order into `rows`; `on_row(rows)` after each (e.g. to keep a partial JSON current)."""
+    rows, ceilings = ([] if rows is None else rows), {}
     threads = torch.get_num_threads()  # intra-op threads of this process, the same for every cell
     for number, (view, variant, size, over) in enumerate(cells, 1):
         torch.set_num_threads(threads)  # a backend that changed it (ffcv does, per loader) must not carry over
@@ -329,6 +331,8 @@ def _measure(cells: list, base: BenchSettings, info, skipped: list, failed: list
             extra += f" · {row['epoch_boundaries']} epoch boundar{'y' if row['epoch_boundaries'] == 1 else 'ies'} timed"
         console.print(f"{label}: {row['img_s']:,.0f} img/s overall (warm-up {row['warmup_s']:.1f} s){extra}", highlight=False)
         rows.append(row)
+        if on_row is not None:
+            on_row(rows)
     return rows
 
 
@@ -374,11 +378,33 @@ def run_bench(args: argparse.Namespace) -> dict:
         info = data_info(settings)
         for item in skipped:
             console.print(f"[yellow]skipped[/] {report._skipped_text(item)}", highlight=False)
+        shown = settings_dict(settings)
+        shown.update(root=args.root or "(temporary synthetic root)", views=views, loaders=variants, sweep=args.sweep,
+                     image_sizes=sorted({c[2] for c in cells}), run_epochs=args.run_epochs)
+        rows, failed = [], []
+        result = {
+            "schema": "fastcifar-bench/1",
+            "provenance": collect(device, shown),
+            "machine_load": None,
+            "data": {"dataset": args.dataset, "synthetic": info.synthetic, "train_images": info.train_count,
+                     "root": shown["root"]},
+            "policy": _policy(cfg),
+            "config": {"name": args.config, "overrides": list(args.overrides), "resolved": base},
+            "sweep": args.sweep,
+            "rows": rows,
+            "skipped": skipped,
+            "failed": failed,
+            "notes": notes,
+        }
+
+        def keep_partial(done: list) -> None:  # a run stopped at its time budget still leaves its finished cells
+            if args.json:
+                report.write_json({**result, "partial": f"{len(done)} of {len(cells)} cells"}, args.json)
+
         watch = LoadWatch()
         watch.start()
-        failed: list[dict] = []
-        rows = _measure(cells, settings, info, skipped, failed, args.run_epochs)
-        load = watch.stop()
+        _measure(cells, settings, info, skipped, failed, args.run_epochs, rows=rows, on_row=keep_partial)
+        result["machine_load"] = watch.stop()
     report.annotate_speedups(rows)
     above = [r for r in rows if r["view"] == "e2e" and r["ratio"] > ABOVE_CEILING_NOTE]
     if above:
@@ -386,22 +412,6 @@ def run_bench(args: argparse.Namespace) -> dict:
         notes.append(f"{len(above)} end-to-end row(s) measured above the model-only ceiling (up to {worst['ratio']:.2f}x, "
                      f"{worst['loader']} at {worst['image_size']} px): run-to-run noise of this machine (compare the "
                      "min–max ranges); read a ratio above 1 as 'at the ceiling'.")
-    shown = settings_dict(settings)
-    shown.update(root=args.root or "(temporary synthetic root)", views=views, loaders=variants, sweep=args.sweep,
-                 image_sizes=sorted({c[2] for c in cells}), run_epochs=args.run_epochs)
-    result = {
-        "schema": "fastcifar-bench/1",
-        "provenance": collect(device, shown),
-        "machine_load": load,
-        "data": {"dataset": args.dataset, "synthetic": info.synthetic, "train_images": info.train_count, "root": shown["root"]},
-        "policy": _policy(cfg),
-        "config": {"name": args.config, "overrides": list(args.overrides), "resolved": base},
-        "sweep": args.sweep,
-        "rows": rows,
-        "skipped": skipped,
-        "failed": failed,
-        "notes": notes,
-    }
     report.print_tables(result, console)
     _write_outputs(args, result, device)
     if failed:
