@@ -15,7 +15,7 @@ the headline configs' train steps, tests/test_host_sync.py); the recompile log o
 epochs with compile and bf16. -> DIR/check.json
 `bench`: the README's GPU table: loader-only at 32-224 px, the model-only ceiling and end-to-end at 32 and
 224 px, one real run. -> DIR/gpu-<tag>-<date>.{json,md,png} plus DIR/bench-session.json.
-`--dry-run` runs the same plan on the CPU at tiny sizes (resnet10t, 128 images, 32 px instead of 224,
+`--dry-run` runs the same plan on the CPU at tiny sizes (resnet10t, 64 images, 32 px instead of 224,
 no compile), so the plan itself is tested where there is no GPU.
 """
 
@@ -80,7 +80,7 @@ def scale(plan: str, dry_run: bool) -> Scale:
                 "--workers", "1", "--no-compile", "--amp", "none")
         train = ("--device", "cpu", "--no-compile", "--set", "data.batch_size=32", "--set", "augment.image_size=32",
                  "--set", "train.amp=none", "--set", "model.name=resnet10t", "--set", "data.workers=1")
-        return Scale(True, 128, 64, 32, (32,), tiny, train)
+        return Scale(True, 64, 64, 32, (32,), tiny, train)
     if plan == "check":  # small epochs: two whole epochs per loader must fit the 5 minutes
         return Scale(False, 5000, 1000, 224, (224,), ("--iters", "10", "--compile", "--amp", "bf16"), ())
     return Scale(False, 50000, 2000, 224, (32, 64, 128, 224), ("--iters", "20", "--compile", "--amp", "bf16"), ())

@@ -113,3 +113,30 @@ def test_check_dry_run_runs_the_plan_on_the_cpu(tmp_path):
     assert all(r["batches"] >= 2 * r["batches_per_epoch"] for r in e2e)  # two whole epochs per loader
     saved = json.loads((tmp_path / "check.json").read_text())
     assert saved["provenance"]["versions"]["torch"] and saved["dry_run"] is True
+
+
+# ---------------------------------------------------------------------------- repeats (bench/aggregate.py)
+
+
+def test_repeats_aggregate_to_the_median_with_their_range_and_the_machine_noise():
+    from fastcifar.bench.aggregate import aggregate, to_markdown
+    from fastcifar.bench.provenance import collect
+
+    def result(gpu: float, torch_: float, others: float) -> dict:
+        def row(loader, img_s):
+            return {"view": "loader", "loader": loader, "image_size": 32, "batch_size": 256, "workers": 2,
+                    "img_s": img_s, "img_s_median": img_s * 1.2, "epoch_boundaries": 1, "cpu_pct_all_cores": 90.0}
+        return {"provenance": collect(__import__("torch").device("cpu"), {}), "rows": [row("gpu", gpu), row("torch", torch_)],
+                "data": {"dataset": "cifar100", "train_images": 10000, "synthetic": True},
+                "machine_load": {"started": "t", "load_avg_start": [0.5, 0, 0], "load_avg_end": [2.0, 0, 0],
+                                 "others_cpu_share": others, "busy": others > 0.1, "wall_s": 60.0}}
+
+    agg = aggregate([result(60000, 4000, 0.02), result(75000, 14000, 0.30), result(70000, 5000, 0.05)])
+    gpu = next(r for r in agg["rows"] if r["loader"] == "gpu")
+    assert gpu["img_s"] == {"median": 70000, "min": 60000, "max": 75000, "n": 3}
+    assert gpu["img_s_median"]["median"] == pytest.approx(84000)
+    assert gpu["vs_torch"]["median"] == pytest.approx(14.0)  # per repeat 15.0, 5.36, 14.0 -> median 14.0
+    assert gpu["vs_torch"]["min"] == pytest.approx(75000 / 14000) and gpu["noisy"]  # range 15k > 20 % of 70k
+    assert [n["busy"] for n in agg["noise"]] == [False, True, False]
+    md = to_markdown(agg)
+    assert "70,000 (60,000–75,000)" in md and "14.0x (5.4–15.0)" in md and "BUSY" in md and "30 %" in md
