@@ -312,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         steps = build_plan(args.plan, work, args.dry_run)
         name = "check.json" if args.plan == "check" else "bench-session.json"
-        result = run_plan(steps, budget, out / name, _header(args.plan, args.dry_run), work)
+        header = _header(args.plan, args.dry_run)  # imports torch: time the plan's budget pays too
+        result = run_plan(steps, budget - (time.monotonic() - started), out / name, header, work)
         if args.plan == "bench":
             merged = merge_bench([Path(s.json_out) for s in steps if s.json_out])
             if merged is not None:

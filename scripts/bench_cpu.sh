@@ -3,7 +3,7 @@
 # nothing else running, and commit OUT: every figure the README quotes comes from these files.
 #   bash scripts/bench_cpu.sh [OUT] [--tiny] [--no-policy]
 #     OUT          default bench/results/cpu-<hostname>-<date>
-#     --tiny       the same sections at tiny sizes (a minute or two; to check the script, never to commit)
+#     --tiny       the same sections at tiny sizes (a few minutes; to check the script, never to commit)
 #     --no-policy  leave out the `--set augment.policy=randaugment` section (needs the augment.policy key)
 # Sections, each a `fastcifar bench` run on one prepared synthetic root (content does not affect throughput):
 #   loader-rep{1,2,3}  default loader view, all four loaders, 32/64/128/224 px, three repeats

@@ -43,9 +43,10 @@ else
   "$py" -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
   "$py" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device here (use --dry-run on a CPU)'; print(torch.cuda.get_device_name())"
 fi
-echo "setup took ${SECONDS} s; running the $plan plan (budget ${budget} s)"
+left=$((budget - SECONDS))  # setup (install, bundle) counts against the plan's budget
+echo "setup took ${SECONDS} s; running the $plan plan in the ${left} s left of its ${budget} s"
 # the plan stops itself at its budget; this outer limit only guards against a hung interpreter
 status=0
-timeout --signal=KILL $((budget + 60)) env PYTHONUNBUFFERED=1 "$py" -m fastcifar.bench.session "$plan" --out "$out" --budget "$budget" $dry || status=$?
+timeout --signal=KILL $((left + 30)) env PYTHONUNBUFFERED=1 "$py" -m fastcifar.bench.session "$plan" --out "$out" --budget "$left" $dry || status=$?
 echo "gpu_session.sh $plan: ${SECONDS} s in all (exit $status)"
 exit $status
