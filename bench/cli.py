@@ -42,7 +42,7 @@ from fastcifar.bench.suites import (
     model_only,
     settings_dict,
 )
-from fastcifar.bench.thresholds import ABOVE_CEILING_NOTE
+from fastcifar.bench.thresholds import ABOVE_CEILING_NOTE, MIN_ITERS_FOR_MEDIAN
 from fastcifar.bench.timing import usable_cores
 from fastcifar.config import Config, apply_overrides, from_dict, load_config, to_dict
 from fastcifar.engine.distributed import resolve_device
@@ -54,7 +54,6 @@ DEFAULT_SIZES = (32, 64, 128, 224)
 VIEWS = ("loader", "model", "e2e", "run")
 SWEEP_DEFAULTS = {"batch": (64, 128, 256, 512), "workers": (1, 2, 4, 8)}
 SYNTHETIC_TEST_IMAGES = 1000  # the test split is not benchmarked; keep it small
-MIN_ITERS_FOR_MEDIAN = 10
 DEFAULT_ITERS = {"cuda": 50, "cpu": MIN_ITERS_FOR_MEDIAN}  # a CPU train step takes seconds: keep the default short
 console = Console()
 if not console.is_terminal:  # piped into a log: rich would wrap the tables at 80 columns

@@ -15,8 +15,8 @@ the headline configs' train steps, tests/test_host_sync.py); the recompile log o
 epochs with compile and bf16. -> DIR/check.json
 `bench`: the README's GPU table: loader-only at 32-224 px, the model-only ceiling and end-to-end at 32 and
 224 px, one real run. -> DIR/gpu-<tag>-<date>.{json,md,png} plus DIR/bench-session.json.
-`--dry-run` runs the same plan on the CPU at tiny sizes (resnet10t, 64 images, 32 px instead of 224,
-no compile), so the plan itself is tested where there is no GPU.
+`--dry-run` runs the same plan on the CPU at tiny sizes (resnet10t, 32 images, 32 px instead of 224,
+no compile; DRY_RUN_SLACK times the budgets), so the plan itself is tested where there is no GPU.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from typing import Callable
 
 BUDGETS_S = {"check": 300, "bench": 480}  # the most each plan may take, s (what a lent machine is held for)
 RESERVE_S = 10  # kept back for writing the result after the last step, s
+DRY_RUN_SLACK = 3  # a dry-run's step and plan budgets x this: a shared 2-core CPU is far slower than the GPU
 LOG_TAIL = 3000  # characters of each step's output kept in the JSON
 ROOT = Path(__file__).resolve().parent.parent  # the repository (bench/ sits at its top level)
 
@@ -76,11 +77,11 @@ class Scale:
 
 def scale(plan: str, dry_run: bool) -> Scale:
     if dry_run:
-        tiny = ("--device", "cpu", "--batch-size", "16", "--model", "resnet10t", "--iters", "2", "--warmup", "1",
+        tiny = ("--device", "cpu", "--batch-size", "8", "--model", "resnet10t", "--iters", "2", "--warmup", "1",
                 "--workers", "1", "--no-compile", "--amp", "none")
         train = ("--device", "cpu", "--no-compile", "--set", "data.batch_size=32", "--set", "augment.image_size=32",
                  "--set", "train.amp=none", "--set", "model.name=resnet10t", "--set", "data.workers=1")
-        return Scale(True, 64, 64, 32, (32,), tiny, train)
+        return Scale(True, 32, 64, 32, (32,), tiny, train)
     if plan == "check":  # small epochs: two whole epochs per loader must fit the 5 minutes
         return Scale(False, 5000, 1000, 224, (224,), ("--iters", "10", "--compile", "--amp", "bf16"), ())
     return Scale(False, 50000, 2000, 224, (32, 64, 128, 224), ("--iters", "20", "--compile", "--amp", "bf16"), ())
@@ -156,8 +157,21 @@ def _data_step(work: Path, s: Scale, budget: float) -> Step:
 
 
 def build_plan(plan: str, work: Path, dry_run: bool = False) -> list[Step]:
-    """The steps of `plan` ('check' or 'bench'); the dry-run plan has the same steps at tiny sizes on the CPU."""
-    s = scale(plan, dry_run)
+    """The steps of `plan` ('check' or 'bench'); the dry-run plan has the same steps at tiny sizes on the CPU
+    (with DRY_RUN_SLACK times their budgets)."""
+    steps = _steps(plan, work, scale(plan, dry_run))
+    if dry_run:
+        for step in steps:
+            step.budget_s, step.min_s = step.budget_s * DRY_RUN_SLACK, step.min_s * DRY_RUN_SLACK
+    return steps
+
+
+def plan_budget(plan: str, dry_run: bool = False) -> float:
+    """Seconds the whole plan may take."""
+    return BUDGETS_S[plan] * (DRY_RUN_SLACK if dry_run else 1)
+
+
+def _steps(plan: str, work: Path, s: Scale) -> list[Step]:
     big = str(s.big)
     if plan == "check":
         host_sync = ROOT / "tests" / "test_host_sync.py"
@@ -301,12 +315,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("plan", choices=sorted(BUDGETS_S))
     parser.add_argument("--out", required=True, help="folder for the result JSON (and the bench tables)")
     parser.add_argument("--dry-run", action="store_true", help="the same plan on the CPU at tiny sizes")
-    parser.add_argument("--budget", type=float, default=None, help="seconds (default: check 300, bench 480)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help=f"seconds (default: check 300, bench 480; x{DRY_RUN_SLACK} with --dry-run)")
     parser.add_argument("--tag", default=None, help="name part of the bench table files (default: the GPU's name)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    budget = args.budget or BUDGETS_S[args.plan]
+    budget = args.budget or plan_budget(args.plan, args.dry_run)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"fastcifar-{args.plan}-") as tmp:
         work = Path(tmp)

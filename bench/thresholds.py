@@ -11,6 +11,7 @@ INVISIBLE_RATIO = 0.97  # e2e >= 97 % of the ceiling: the loader costs the run n
 WAIT_SHARE_OF_GAP = 0.5  # below it: loader-bound when waiting for data explains >= half the shortfall (1 - ratio)
 ABOVE_CEILING_NOTE = 1.05  # a ratio above this is machine noise; the report says so
 BUSY_OTHERS_SHARE = 0.10  # other processes used > 10 % of all cores during a run: numbers may be low
+MIN_ITERS_FOR_MEDIAN = 10  # fewer timed windows per cell: the report calls its medians rough
 REPEAT_SPREAD_NOTE = 0.20  # repeats whose range exceeds 20 % of their median are flagged as noisy
 
 VERDICTS = ("invisible", "loader-bound", "compute-bound")

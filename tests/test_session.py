@@ -92,6 +92,7 @@ def test_merge_bench_joins_steps_and_recomputes_speedups(tmp_path):
     assert merge_bench([tmp_path / "missing.json"]) is None
 
 
+@pytest.mark.slow  # ~1.5 min on an idle 2-core CPU: six subprocesses, each importing torch (ffcv's JIT in two)
 def test_check_dry_run_runs_the_plan_on_the_cpu(tmp_path):
     """The `check` plan, dry-run: every step really runs at tiny sizes; only the nested pytest is narrowed to one
     file (a whole suite inside the suite would double its time)."""
@@ -100,7 +101,7 @@ def test_check_dry_run_runs_the_plan_on_the_cpu(tmp_path):
     for step in steps:
         if step.name == "cuda_tests":
             step.argv = [*step.argv[:-1], str(tests / "test_device_wait.py")]
-    result = run_plan(steps, budget_s=session.BUDGETS_S["check"], out_path=tmp_path / "check.json",
+    result = run_plan(steps, budget_s=session.plan_budget("check", dry_run=True), out_path=tmp_path / "check.json",
                       header=session._header("check", True), log_dir=tmp_path)
     status = {s["name"]: s["status"] for s in result["steps"]}
     assert all(status[name] == "ok" for name in ("data", "cuda_tests", "recompiles", "dali_boundary", "e2e_224")), status
