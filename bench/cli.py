@@ -90,7 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     how = parser.add_argument_group("how to run it")
     how.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    how.add_argument("--iters", type=int, default=None, help="timed windows per cell (a window: up to workers x prefetch batches or 0.5 s); figures are medians "
+    how.add_argument("--iters", type=int, default=None, help="timed windows per cell (a window: up to workers x prefetch batches or 0.5 s; more until an epoch boundary "
+                     "was crossed); the headline is overall img/s over them, the median and min-max beside it "
                      f"(default {DEFAULT_ITERS['cuda']} with CUDA, {DEFAULT_ITERS['cpu']} on a CPU)")
     how.add_argument("--warmup", type=int, default=3, help="warm-up before measuring: the first batch plus WARMUP-1 windows, timed on their own (default 3)")
     how.add_argument("--timed-epochs", type=int, default=0, help="time at least this many whole epochs per loader cell, "

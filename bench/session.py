@@ -97,7 +97,7 @@ def _bench_rows(step: Step, log: str) -> dict:
         return {"rows": [], "note": "no bench JSON was written"}
     data = json.loads(Path(step.json_out).read_text())
     keep = ("view", "loader", "image_size", "img_s", "img_s_median", "img_s_min", "img_s_max", "epoch_boundaries",
-            "batches", "batches_per_epoch", "boundary_fetch_s", "ratio", "data_wait_share", "device_wait_share",
+            "batches", "batches_per_epoch", "boundary_fetch_s", "boundary_fetches_s", "ratio", "data_wait_share", "device_wait_share",
             "verdict", "warmup_s", "first_step_s", "first_batch_s", "eval_s", "ckpt_s", "wall_s")
     return {"rows": [{k: r[k] for k in keep if k in r} for r in data["rows"]], "skipped": data.get("skipped", []),
             "failed": data.get("failed", []), "partial": data.get("partial")}

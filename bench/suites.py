@@ -358,6 +358,7 @@ def _row(view: str, settings: BenchSettings, variant: str | None, image_size: in
         "epoch_boundaries": timed["epoch_boundaries"],  # None for the model-only view (no loader)
         "batches_per_epoch": timed.get("batches_per_epoch"),
         "boundary_fetch_s": max(fetches) if fetches else None,  # the slowest epoch-opening fetch timed, host s
+        "boundary_fetches_s": [round(f, 4) for f in fetches],  # each epoch-opening fetch timed, host s
         "cpu_pct_one_core": cpu["cpu_pct_one_core"], "cpu_pct_all_cores": cpu["cpu_pct_all_cores"],
         "torch_threads": timed["torch_threads"],  # intra-op threads during the timed region (ffcv may change them)
         "warmup_s": timed["warmup_s"], "position_s": timed["position_s"],
