@@ -309,7 +309,7 @@ def _timed(step: Callable[[], object], settings: BenchSettings, device: torch.de
     if pipe is not None:
         epoch0, fetches0 = pipe.epoch, len(pipe.boundary_fetch_s)
         need_epochs, need_batches = max(1, settings.timed_epochs), settings.timed_epochs * len(pipe)
-        cap = pipe.position + (need_epochs + 2) * len(pipe)  # a loader that never reaches a boundary cannot hang us
+        cap = (need_epochs + 2) * len(pipe)  # timed batches at most: a loader that never reaches a boundary cannot hang us
         counted = {"n": 0}
 
         def step_counted() -> None:
