@@ -116,14 +116,16 @@ def make_config(settings: BenchSettings, variant: str, image_size: int) -> Confi
     cell's loader, size and the resolved bench settings on top, validated by the schema like any YAML.
 
     Weights are never downloaded (`model.pretrained` off: weights do not change the speed), there is no teacher
-    (a distillation config is measured as its student alone) and one fixed image size per cell (no multi-scale).
+    (a distillation config is measured as its student alone), one fixed image size per cell (no multi-scale) and
+    the whole train split (no val split). The step is forward, backward and optimizer; the EMA update, the
+    schedule and evaluation are what the real-run view adds.
     """
     loader, native = VARIANTS.get(variant, (variant, False))
     data = copy.deepcopy(settings.base or default_base())
     data["name"] = f"bench-{variant}-{image_size}px"
     data.setdefault("data", {}).update(
         dataset=settings.dataset, root=str(settings.root), loader=loader, batch_size=settings.batch_size,
-        workers=settings.workers, native_augment=native, drop_last=True)
+        workers=settings.workers, native_augment=native, drop_last=True, val_split=0)
     data.setdefault("augment", {}).update(image_size=image_size, scales=[])
     data.setdefault("model", {}).update(name=settings.model, cifar_stem=settings.cifar_stem, pretrained=False)
     data.setdefault("train", {}).update(device=settings.device, amp=settings.amp, compile=settings.compile,

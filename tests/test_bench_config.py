@@ -89,3 +89,11 @@ def test_run_view_trains_evaluates_and_checkpoints(tmp_path):
     assert run["img_s"] == pytest.approx(run["images"] / (run["wall_s"] - run["warmup_s"]))
     assert run["ratio"] == pytest.approx(run["img_s"] / ceiling["img_s"]) and run["device_wait_share"] is None
     assert 0 <= run["data_wait_share"] <= 1 and run["test_acc"] is not None
+
+
+def test_run_view_plan_adds_the_ceiling_and_runs_at_the_model_sizes():
+    from fastcifar.bench.cli import _plan
+
+    cells, skipped, notes = _plan(_args("--views", "run"), torch.device("cpu"), ["gpu", "dali"], ["run"])
+    assert [(c[0], c[1], c[2]) for c in cells] == [("model", None, 32), ("run", "gpu", 32), ("run", "dali", 32)]
+    assert any("ceiling" in n for n in notes) and sorted(s["image_size"] for s in skipped) == [64, 128, 224]
