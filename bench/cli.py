@@ -326,7 +326,7 @@ def _measure(cells: list, base: BenchSettings, info, skipped: list, failed: list
         if view in ("e2e", "run"):
             waits = [f"{name} {100 * row[key]:.0f} %" for name, key in (("host wait", "data_wait_share"),
                      ("device idle", "device_wait_share")) if row.get(key) is not None]
-            extra = f" · ratio {row['ratio']:.2f} · {' · '.join(waits)} · {row['verdict']}"
+            extra = f" · ratio {row['ratio']:.2f} · {' · '.join(waits)}" + (f" · {row['verdict']}" if "verdict" in row else "")
         if row.get("epoch_boundaries") is not None:
             extra += f" · {row['epoch_boundaries']} epoch boundar{'y' if row['epoch_boundaries'] == 1 else 'ies'} timed"
         console.print(f"{label}: {row['img_s']:,.0f} img/s overall (warm-up {row['warmup_s']:.1f} s){extra}", highlight=False)

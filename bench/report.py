@@ -103,8 +103,8 @@ def _columns(view: str, result: dict) -> list[tuple[str, callable]]:
                 ("epochs", lambda r: str(r["epochs"])), ("wall s", lambda r: _num(r["wall_s"], 1)),
                 ("train s", lambda r: _num(r["train_s"], 1)), ("eval s", lambda r: _num(r["eval_s"], 2)),
                 ("ckpt s", lambda r: _num(r.get("ckpt_s"), 2)), ("warm-up s", lambda r: _num(r["warmup_s"], 1)),
-                ("ceiling img/s", lambda r: _num(r["ceiling_img_s"])), ("ratio", lambda r: f"{r['ratio']:.2f}"),
-                *_waits, ("verdict", lambda r: r["verdict"])]
+                ("train share", lambda r: _pct(r["train_share"])), ("ceiling img/s", lambda r: _num(r["ceiling_img_s"])),
+                ("ratio", lambda r: f"{r['ratio']:.2f}"), *_waits]
     return [("loader", lambda r: r["loader"]), *swept, *size, *rate, *bounds,
             ("ceiling img/s", lambda r: _num(r["ceiling_img_s"])), ("ratio", lambda r: f"{r['ratio']:.2f}"),
             *_waits, ("verdict", lambda r: r["verdict"]), *cpu]
@@ -177,7 +177,7 @@ def print_tables(result: dict, console: Console | None = None) -> None:
         rows = rows_of(result, view)
         if rows:
             _print_table(console, title, _columns(view, result), rows)
-    if rows_of(result, "e2e") or rows_of(result, "run"):
+    if rows_of(result, "e2e"):
         console.print(VERDICT_RULE, style="dim", highlight=False)
     if result["rows"]:
         console.print(TIMING_NOTE, style="dim", highlight=False)
@@ -222,7 +222,7 @@ def to_markdown(result: dict) -> str:
         rows = rows_of(result, view)
         if rows:
             out += [f"## {title}", "", *_md_table(_columns(view, result), rows), ""]
-    if rows_of(result, "e2e") or rows_of(result, "run"):
+    if rows_of(result, "e2e"):
         out += [VERDICT_RULE, ""]
     if result["rows"]:
         out += ["## Warm-up (timed on its own, never inside img/s)", "", *_md_table(_warmup_columns(result), result["rows"]), ""]

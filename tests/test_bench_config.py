@@ -78,17 +78,18 @@ def test_timed_epochs_time_whole_epochs(prepared_root):
 def test_run_view_trains_evaluates_and_checkpoints(tmp_path):
     path = tmp_path / "r.json"
     code = main(["bench", "--views", "run", "--loaders", "gpu", "--image-sizes", "32", "--batch-size", str(BATCH),
-                 "--model", "resnet10t", "--iters", "2", "--warmup", "1", "--synthetic-images", "128", "--run-epochs", "2",
+                 "--model", "resnet10t", "--iters", "2", "--warmup", "1", "--synthetic-images", "64", "--run-epochs", "2",
                  "--json", str(path)])
     assert code == 0
     data = json.loads(path.read_text())
     ceiling = next(r for r in data["rows"] if r["view"] == "model")
     run = next(r for r in data["rows"] if r["view"] == "run")
-    assert run["epochs"] == 2 and run["images"] == 2 * (128 // BATCH) * BATCH
+    assert run["epochs"] == 2 and run["images"] == 2 * (64 // BATCH) * BATCH
     assert run["eval_s"] > 0 and run["train_s"] > 0 and run["wall_s"] >= run["train_s"] + run["eval_s"]
     assert run["img_s"] == pytest.approx(run["images"] / (run["wall_s"] - run["warmup_s"]))
     assert run["ratio"] == pytest.approx(run["img_s"] / ceiling["img_s"]) and run["device_wait_share"] is None
     assert 0 <= run["data_wait_share"] <= 1 and run["test_acc"] is not None
+    assert run["train_share"] == pytest.approx(run["train_s"] / run["wall_s"]) and "verdict" not in run
 
 
 def test_run_view_plan_adds_the_ceiling_and_runs_at_the_model_sizes():
