@@ -317,11 +317,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="the same plan on the CPU at tiny sizes")
     parser.add_argument("--budget", type=float, default=None,
                         help=f"seconds (default: check 300, bench 480; x{DRY_RUN_SLACK} with --dry-run)")
+    parser.add_argument("--spent", type=float, default=0.0,
+                        help="seconds already spent on this plan's budget before it started (install, bundle)")
     parser.add_argument("--tag", default=None, help="name part of the bench table files (default: the GPU's name)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    budget = args.budget or plan_budget(args.plan, args.dry_run)
+    budget = (args.budget or plan_budget(args.plan, args.dry_run)) - args.spent
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"fastcifar-{args.plan}-") as tmp:
         work = Path(tmp)

@@ -4,6 +4,7 @@
 #   bash scripts/gpu_session.sh check [OUT]   # <= 5 min: CUDA tests, host-sync tests, recompile log of a 2-epoch
 #                                             # compiled run, DALI epoch-boundary time, 224 px e2e per loader -> OUT/check.json
 #   bash scripts/gpu_session.sh bench [OUT]   # <= 8 min: the README's GPU table -> OUT/gpu-<GPU>-<date>.{json,md,png}
+#   bash scripts/gpu_session.sh tests         # only the CUDA-marked tests, no time box
 #   add --dry-run to run the same plan on the CPU at tiny sizes (what tests/test_session.py does, in part)
 # OUT defaults to $OUT (the device tool's folder that comes back), else ./gpu-session-out.
 # The GPU bundle (see shared/tools/gpu-bundle): parts in $GPU_BUNDLE_DIR (default .gpu-bundle), the tool itself at
@@ -12,14 +13,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 plan=${1:-check}; shift || true
-out=${OUT:-gpu-session-out}; dry=""
+out=${OUT:-gpu-session-out}; dry=""; is_dry=False
 for arg in "$@"; do
   case "$arg" in
-    --dry-run) dry="--dry-run" ;;
+    --dry-run) dry="--dry-run"; is_dry=True ;;
     *) out=$arg ;;
   esac
 done
-case "$plan" in check) budget=300 ;; bench) budget=480 ;; *) echo "usage: $0 check|bench [OUT] [--dry-run]" >&2; exit 2 ;; esac
+case "$plan" in
+  check|bench|tests) ;;
+  *) echo "usage: $0 check|bench [OUT] [--dry-run] | tests" >&2; exit 2 ;;
+esac
 SECONDS=0
 site="${TMPDIR:-/tmp}/gpu-site"
 bundle_dir=${GPU_BUNDLE_DIR:-.gpu-bundle}
@@ -43,12 +47,14 @@ else
   "$py" -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
   "$py" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device here (use --dry-run on a CPU)'; print(torch.cuda.get_device_name())"
 fi
-left=$((budget - SECONDS))  # setup (install, bundle) counts against the plan's budget
-limit=(--budget "$left")
-if [ -n "$dry" ]; then limit=(--dry-run); left=$((budget * 3)); fi  # a dry-run has 3x (DRY_RUN_SLACK in bench/session.py)
-echo "setup took ${SECONDS} s; running the $plan plan with ${left} s left"
-# the plan stops itself at its budget; this outer limit only guards against a hung interpreter
+if [ "$plan" = tests ]; then  # only the CUDA-marked tests (the check plan's first step), no time box
+  exec env PYTHONUNBUFFERED=1 "$py" -m pytest -q -rs -k "cuda or gpu" tests
+fi
+budget=$("$py" -c "from fastcifar.bench.session import plan_budget; print(int(plan_budget('$plan', $is_dry)))")
+echo "setup took ${SECONDS} s; running the $plan plan in what is left of its ${budget} s"
+# the plan stops itself at its budget (setup counts: --spent); this outer limit only guards against a hung interpreter
 status=0
-timeout --signal=KILL $((left + 30)) env PYTHONUNBUFFERED=1 "$py" -m fastcifar.bench.session "$plan" --out "$out" "${limit[@]}" || status=$?
+timeout --signal=KILL $((budget - SECONDS + 30)) env PYTHONUNBUFFERED=1 "$py" -m fastcifar.bench.session "$plan" \
+  --out "$out" --spent "$SECONDS" $dry || status=$?
 echo "gpu_session.sh $plan: ${SECONDS} s in all (exit $status)"
 exit $status
