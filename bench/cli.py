@@ -6,6 +6,11 @@ and prints / writes the report with `fastcifar.bench.report`.
 
 Defaults finish in a few minutes on a 2-core CPU: loader-only at 32, 64, 128, 224 px; the model-only ceiling and
 end-to-end rows only at the smallest size on a CPU (a ResNet train step at 224 px takes seconds per batch there).
+
+What a cell trains and how it augments comes from one config mapping: without --config, the bench's defaults
+(resnet18, batch 256, crop + flip, bf16 + compile on CUDA); with --config, a packaged config's (or a YAML file's)
+own policy, image size, model, head, optimizer, AMP and compile settings. `--set key=value` changes either, through
+the config schema. Explicit bench flags (--model, --batch-size, --image-sizes, --amp, --compile, --workers) win.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from rich.console import Console
 
 from fastcifar.bench import report
 from fastcifar.bench.provenance import LoadWatch, collect
+from fastcifar.bench.run_view import DEFAULT_RUN_EPOCHS, real_run
 from fastcifar.bench.suites import (
     BENCH_AUGMENT,
     FORMATS,
@@ -36,7 +42,9 @@ from fastcifar.bench.suites import (
     model_only,
     settings_dict,
 )
+from fastcifar.bench.thresholds import ABOVE_CEILING_NOTE, MIN_ITERS_FOR_MEDIAN
 from fastcifar.bench.timing import usable_cores
+from fastcifar.config import Config, apply_overrides, from_dict, load_config, to_dict
 from fastcifar.data.cifar import DATASETS
 from fastcifar.engine.amp_modes import AMP_MODES
 from fastcifar.engine.distributed import resolve_device
@@ -46,10 +54,9 @@ from fastcifar.loaders.ffcv_loader import keep_torch_threads
 
 DEFAULT_LOADERS = ",".join(LOADERS)  # every loader, without the -native variants
 DEFAULT_SIZES = (32, 64, 128, 224)
-VIEWS = ("loader", "model", "e2e")
+VIEWS = ("loader", "model", "e2e", "run")
 SWEEP_DEFAULTS = {"batch": (64, 128, 256, 512), "workers": (1, 2, 4, 8)}
 SYNTHETIC_TEST_IMAGES = 1000  # the test split is not benchmarked; keep it small
-MIN_ITERS_FOR_MEDIAN = 10
 DEFAULT_ITERS = {"cuda": 50, "cpu": MIN_ITERS_FOR_MEDIAN}  # a CPU train step takes seconds: keep the default short
 console = Console()
 if not console.is_terminal:  # piped into a log: rich would wrap the tables at 80 columns
@@ -63,13 +70,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the `fastcifar bench` options on `parser`."""
     what = parser.add_argument_group("what to measure")
     what.add_argument("--views", default="loader,model,e2e", help="comma-separated subset of loader (augmented batches, "
-                      "no model), model (train step on a synthetic batch: the ceiling), e2e (train step fed by the loader)")
+                      "no model), model (train step on a synthetic batch: the ceiling), e2e (train step fed by the loader), "
+                      "run (a short `fastcifar train` with evaluation and checkpoints; not in the default)")
+    what.add_argument("--config", default=None, help="a packaged config name or a YAML file: measure its own augmentation "
+                      "policy, image size, model, AMP and compile settings (default: the bench's defaults)")
+    what.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config key, checked by the schema (repeatable), e.g. --set augment.policy=randaugment")
     what.add_argument("--loaders", default=DEFAULT_LOADERS, help=f"comma-separated subset of {','.join(VARIANTS)}")
-    what.add_argument("--image-sizes", default=None, help="comma-separated px (default 32,64,128,224; on a CPU the "
-                      "model and e2e views run only at the smallest unless sizes are given or --sweep size)")
-    what.add_argument("--batch-size", type=int, default=256, help="images per step (default 256)")
-    what.add_argument("--model", default="resnet18", help="any timm model name (default resnet18)")
-    what.add_argument("--cifar-stem", action=argparse.BooleanOptionalAction, default=False, help="3x3 stride-1 stem (default off)")
+    what.add_argument("--image-sizes", default=None, help="comma-separated px (default: the config's image size with "
+                      "--config, else 32,64,128,224; on a CPU the model, e2e and run views run only at the smallest unless "
+                      "sizes are given or --sweep size)")
+    what.add_argument("--batch-size", type=int, default=None, help="images per step (default: the config's, else 256)")
+    what.add_argument("--model", default=None, help="any timm model name (default: the config's, else resnet18)")
+    what.add_argument("--cifar-stem", action=argparse.BooleanOptionalAction, default=None,
+                      help="3x3 stride-1 stem (default: the config's, else off)")
+    what.add_argument("--run-epochs", type=int, default=DEFAULT_RUN_EPOCHS,
+                      help=f"epochs of the run view's training (default {DEFAULT_RUN_EPOCHS})")
     what.add_argument("--sweep", choices=("none", "size", "batch", "workers"), default="none",
                       help="size: every view at every image size; batch / workers: repeat the views over --sweep-values")
     what.add_argument("--sweep-values", default=None, help="comma-separated values for --sweep batch|workers "
@@ -77,20 +93,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     how = parser.add_argument_group("how to run it")
     how.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    how.add_argument("--iters", type=int, default=None, help="timed windows per cell (a window: up to workers x prefetch batches or 0.5 s); figures are medians "
+    how.add_argument("--iters", type=int, default=None, help="timed windows per cell (a window: up to workers x prefetch batches or 0.5 s; more until an epoch boundary "
+                     "was crossed); the headline is overall img/s over them, the median and min-max beside it "
                      f"(default {DEFAULT_ITERS['cuda']} with CUDA, {DEFAULT_ITERS['cpu']} on a CPU)")
     how.add_argument("--warmup", type=int, default=3, help="warm-up before measuring: the first batch plus WARMUP-1 windows, timed on their own (default 3)")
+    how.add_argument("--timed-epochs", type=int, default=0, help="time at least this many whole epochs per loader cell, "
+                     "so epoch-boundary stalls weigh what they weigh in training (default 0: the iters windows, "
+                     "stretched until at least one epoch boundary was crossed)")
     how.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                     help="torch.compile the model (default: on with CUDA, off on a CPU where it takes ~1 min)")
+                     help="torch.compile the model (default: the config's; without --config on with CUDA, off on a CPU "
+                     "where it takes ~1 min)")
     how.add_argument("--amp", choices=tuple(AMP_MODES), default=None,
-                     help="autocast dtype (default: bf16 with CUDA, none on a CPU)")
-    how.add_argument("--workers", type=int, default=None, help="DataLoader workers / ffcv, dali threads (default: usable cores)")
+                     help="autocast dtype (default: the config's; without --config bf16 with CUDA, none on a CPU)")
+    how.add_argument("--workers", type=int, default=None,
+                     help="DataLoader workers / ffcv, dali threads (default: the config's, else usable cores)")
     how.add_argument("--seed", type=int, default=0)
 
     data = parser.add_argument_group("data")
     data.add_argument("--root", default=None, help="data root with prepared data (default: a temporary root with a "
                       "SYNTHETIC stand-in; image content does not affect throughput)")
-    data.add_argument("--dataset", choices=tuple(DATASETS), default="cifar100")
+    data.add_argument("--dataset", choices=tuple(DATASETS), default=None,
+                      help="default: the config's dataset, else cifar100")
     data.add_argument("--synthetic-images", type=int, default=10000,
                       help="train images in the synthetic stand-in (default 10000; 50000 matches CIFAR's epoch length)")
 
@@ -194,19 +217,20 @@ def _plan(args: argparse.Namespace, device: torch.device, variants: list[str], v
             raise FastcifarError("--sweep-values needs --sweep batch or --sweep workers; add one of them.")
         overrides = [{}]
     model_sizes = sizes
-    if device.type == "cpu" and not sizes_given and args.sweep != "size" and ("model" in views or "e2e" in views):
+    trains = [v for v in ("model", "e2e", "run") if v in views]
+    if device.type == "cpu" and not sizes_given and args.sweep != "size" and trains:
         model_sizes = sizes[:1]
         for size in sizes[1:]:
-            skipped.append({"view": "model+e2e", "loader": None, "image_size": size, "reason": (
-                f"skipped on a CPU by default: a {args.model} train step at {size} px is seconds per batch here; "
-                "pass --image-sizes or --sweep size to run it.")})
-    if "e2e" in views and "model" not in views:
+            skipped.append({"view": "+".join(trains), "loader": None, "image_size": size, "reason": (
+                f"skipped on a CPU by default: a {args.model or 'resnet18'} train step at {size} px is seconds per batch "
+                "here; pass --image-sizes or --sweep size to run it.")})
+    if ("e2e" in views or "run" in views) and "model" not in views:
         views = ["model", *views]
-        notes.append("the model-only view was added: end-to-end ratios need its ceiling.")
+        notes.append("the model-only view was added: end-to-end and real-run ratios need its ceiling.")
     cells = []
     for index, over in enumerate(overrides):
         first = index == 0
-        for view in ("loader", "model", "e2e"):  # the ceiling right before the e2e rows it divides: same machine state
+        for view in ("loader", "model", "e2e", "run"):  # the ceiling right before the rows it divides: same machine state
             if view not in views:
                 continue
             if view == "model":
@@ -226,18 +250,52 @@ def _plan(args: argparse.Namespace, device: torch.device, variants: list[str], v
 # ---------------------------------------------------------------------------- running
 
 
-def _settings(args: argparse.Namespace, device: torch.device, root: Path) -> BenchSettings:
+def bench_defaults(device: torch.device) -> dict:
+    """The config mapping the bench measures without --config (the defaults of every release so far)."""
+    cuda = device.type == "cuda"
+    return {
+        "data": {"dataset": "cifar100", "batch_size": 256, "workers": usable_cores()},
+        "augment": dict(BENCH_AUGMENT),
+        "model": {"name": "resnet18", "cifar_stem": False},
+        "train": {"amp": "bf16" if cuda else "none", "compile": cuda},  # compile on a CPU costs ~1 min per cell
+    }
+
+
+def base_config(args: argparse.Namespace, device: torch.device) -> tuple[dict, Config]:
+    """The mapping every cell starts from, and its validated Config: --config (a packaged name or a YAML file) or
+    the bench's defaults, with each --set override applied and checked by the config schema."""
+    if args.config:
+        cfg = load_config(args.config, args.overrides)
+        return to_dict(cfg), cfg
+    base = apply_overrides(bench_defaults(device), args.overrides)
+    return base, from_dict(base)
+
+
+def _pick(flag, value):
+    """An explicit bench flag wins over the config's value."""
+    return flag if flag is not None else value
+
+
+def _settings(args: argparse.Namespace, device: torch.device, root: Path, cfg: Config, base: dict) -> BenchSettings:
     return BenchSettings(
-        root=root, dataset=args.dataset, device=str(device), batch_size=args.batch_size,
-        workers=args.workers if args.workers is not None else usable_cores(), model=args.model, cifar_stem=args.cifar_stem,
-        amp=args.amp or ("bf16" if device.type == "cuda" else "none"),
-        compile=args.compile if args.compile is not None else device.type == "cuda",
-        iters=args.iters, warmup=args.warmup, seed=args.seed,
+        root=root, dataset=args.dataset, device=str(device), batch_size=_pick(args.batch_size, cfg.data.batch_size),
+        workers=_pick(args.workers, cfg.data.workers), model=_pick(args.model, cfg.model.name),
+        cifar_stem=_pick(args.cifar_stem, cfg.model.cifar_stem), amp=_pick(args.amp, cfg.train.amp),
+        compile=_pick(args.compile, cfg.train.compile), channels_last=cfg.train.channels_last,
+        iters=args.iters, warmup=args.warmup, seed=args.seed, timed_epochs=args.timed_epochs, base=base,
     )
 
 
-def _measure(cells: list, base: BenchSettings, info, skipped: list, failed: list) -> list[dict]:
-    rows, ceilings = [], {}
+def _policy(cfg: Config) -> dict:
+    """The augmentation policy as the keys that differ from the schema's defaults (size and scales aside)."""
+    default = to_dict(Config())["augment"]
+    return {k: v for k, v in to_dict(cfg)["augment"].items() if v != default.get(k) and k not in ("image_size", "scales")}
+
+
+def _measure(cells: list, base: BenchSettings, info, skipped: list, failed: list, run_epochs: int = DEFAULT_RUN_EPOCHS,
+             rows: list | None = None, on_row=None) -> list[dict]:
+    """Measure `cells` in order into `rows`; `on_row(rows)` after each (e.g. to keep a partial JSON current)."""
+    rows, ceilings = ([] if rows is None else rows), {}
     threads = torch.get_num_threads()  # intra-op threads of this process, the same for every cell
     for number, (view, variant, size, over) in enumerate(cells, 1):
         torch.set_num_threads(threads)  # a backend that changed it (ffcv does, per loader) must not carry over
@@ -256,7 +314,10 @@ def _measure(cells: list, base: BenchSettings, info, skipped: list, failed: list
                     if ceiling is None:
                         skipped.append({"view": view, "loader": variant, "image_size": size, "reason": "no model-only ceiling was measured."})
                         continue
-                    row = end_to_end(settings, variant, size, info, ceiling)
+                    if view == "e2e":
+                        row = end_to_end(settings, variant, size, info, ceiling)
+                    else:
+                        row = real_run(settings, variant, size, info, ceiling, epochs=run_epochs)
         except (FastcifarError, ImportError) as error:
             skipped.append({"view": view, "loader": variant, "image_size": size, "reason": str(error)})
             console.print(f"[yellow]skipped[/] {label}: {error}", highlight=False)
@@ -265,9 +326,17 @@ def _measure(cells: list, base: BenchSettings, info, skipped: list, failed: list
             failed.append({"view": view, "loader": variant, "image_size": size, "reason": f"{type(error).__name__}: {error}"})
             console.print(f"[bold red]failed[/] {label}: {type(error).__name__}: {error}", highlight=False)
             continue
-        extra = f" · ratio {row['ratio']:.2f} · wait {100 * row['data_wait_share']:.0f} % · {row['verdict']}" if view == "e2e" else ""
-        console.print(f"{label}: {row['img_s']:,.0f} img/s (warm-up {row['warmup_s']:.1f} s){extra}", highlight=False)
+        extra = ""
+        if view in ("e2e", "run"):
+            waits = [f"{name} {100 * row[key]:.0f} %" for name, key in (("host wait", "data_wait_share"),
+                     ("device idle", "device_wait_share")) if row.get(key) is not None]
+            extra = f" · ratio {row['ratio']:.2f} · {' · '.join(waits)}" + (f" · {row['verdict']}" if "verdict" in row else "")
+        if row.get("epoch_boundaries") is not None:
+            extra += f" · {row['epoch_boundaries']} epoch boundar{'y' if row['epoch_boundaries'] == 1 else 'ies'} timed"
+        console.print(f"{label}: {row['img_s']:,.0f} img/s overall (warm-up {row['warmup_s']:.1f} s){extra}", highlight=False)
         rows.append(row)
+        if on_row is not None:
+            on_row(rows)
     return rows
 
 
@@ -278,11 +347,16 @@ def run_bench(args: argparse.Namespace) -> dict:
         args.iters = DEFAULT_ITERS[device.type]
     views = _names(args.views, VIEWS, "view")
     variants = _names(args.loaders, tuple(VARIANTS), "loader")
-    if args.iters < 1 or args.warmup < 1 or args.batch_size < 1:
-        raise FastcifarError("--iters, --warmup and --batch-size must be at least 1; pass larger values.")
-    if device.type == "cuda":  # the trainer's settings, so the ceiling is the trainer's ceiling
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels once
-        torch.set_float32_matmul_precision("high")  # TF32 matmuls
+    if args.iters < 1 or args.warmup < 1 or (args.batch_size is not None and args.batch_size < 1) or args.run_epochs < 1:
+        raise FastcifarError("--iters, --warmup, --batch-size and --run-epochs must be at least 1; pass larger values.")
+    if args.timed_epochs < 0:
+        raise FastcifarError(f"--timed-epochs must be 0 or more, got {args.timed_epochs}.")
+    base, cfg = base_config(args, device)
+    args.dataset = args.dataset or cfg.data.dataset
+    sets_size = any(item.split("=", 1)[0].strip() == "augment.image_size" for item in args.overrides)
+    if args.image_sizes is None and (args.config or sets_size):
+        args.image_sizes = str(cfg.augment.image_size)  # the config's own size
+    # cuDNN autotune / TF32: TrainStep applies the trainer's own flags (engine.build.set_backend_flags)
     cells, skipped, notes = _plan(args, device, variants, views)
     for variant in variants:
         reason = _backend_missing(variant)
@@ -302,38 +376,45 @@ def run_bench(args: argparse.Namespace) -> dict:
                     f"the {fmt} format is not prepared under {root}; run `fastcifar data prepare {args.dataset} --formats {fmt}"
                     f" --root {root}`.")})
             cells = [c for c in cells if not c[1] or FORMATS[VARIANTS[c[1]][0]] not in missing]
-        settings = _settings(args, device, root)
+        settings = _settings(args, device, root, cfg, base)
         info = data_info(settings)
         for item in skipped:
             console.print(f"[yellow]skipped[/] {report._skipped_text(item)}", highlight=False)
+        shown = settings_dict(settings)
+        shown.update(root=args.root or "(temporary synthetic root)", views=views, loaders=variants, sweep=args.sweep,
+                     image_sizes=sorted({c[2] for c in cells}), run_epochs=args.run_epochs)
+        rows, failed = [], []
+        result = {
+            "schema": "fastcifar-bench/1",
+            "provenance": collect(device, shown),
+            "machine_load": None,
+            "data": {"dataset": args.dataset, "source": info.source, "synthetic": info.synthetic,
+                     "train_images": info.train_count,
+                     "root": shown["root"]},
+            "policy": _policy(cfg),
+            "config": {"name": args.config, "overrides": list(args.overrides), "resolved": base},
+            "sweep": args.sweep,
+            "rows": rows,
+            "skipped": skipped,
+            "failed": failed,
+            "notes": notes,
+        }
+
+        def keep_partial(done: list) -> None:  # a run stopped at its time budget still leaves its finished cells
+            if args.json:
+                report.write_json({**result, "partial": f"{len(done)} of {len(cells)} cells"}, args.json)
+
         watch = LoadWatch()
         watch.start()
-        failed: list[dict] = []
-        rows = _measure(cells, settings, info, skipped, failed)
-        load = watch.stop()
+        _measure(cells, settings, info, skipped, failed, args.run_epochs, rows=rows, on_row=keep_partial)
+        result["machine_load"] = watch.stop()
     report.annotate_speedups(rows)
-    above = [r for r in rows if r["view"] == "e2e" and r["ratio"] > 1.05]
+    above = [r for r in rows if r["view"] == "e2e" and r["ratio"] > ABOVE_CEILING_NOTE]
     if above:
         worst = max(above, key=lambda r: r["ratio"])
         notes.append(f"{len(above)} end-to-end row(s) measured above the model-only ceiling (up to {worst['ratio']:.2f}x, "
                      f"{worst['loader']} at {worst['image_size']} px): run-to-run noise of this machine (compare the "
                      "min–max ranges); read a ratio above 1 as 'at the ceiling'.")
-    shown = settings_dict(settings)
-    shown.update(root=args.root or "(temporary synthetic root)", views=views, loaders=variants, sweep=args.sweep,
-                 image_sizes=sorted({c[2] for c in cells}))
-    result = {
-        "schema": "fastcifar-bench/1",
-        "provenance": collect(device, shown),
-        "machine_load": load,
-        "data": {"dataset": args.dataset, "source": info.source, "synthetic": info.synthetic,
-                 "train_images": info.train_count, "root": shown["root"]},
-        "policy": dict(BENCH_AUGMENT),
-        "sweep": args.sweep,
-        "rows": rows,
-        "skipped": skipped,
-        "failed": failed,
-        "notes": notes,
-    }
     report.print_tables(result, console)
     _write_outputs(args, result, device)
     if failed:

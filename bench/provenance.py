@@ -16,10 +16,9 @@ from pathlib import Path
 
 import torch
 
+from fastcifar.bench.thresholds import BUSY_OTHERS_SHARE
 from fastcifar.bench.timing import process_cpu_seconds, usable_cores
 from fastcifar.provenance import cpu_model, device_name, git_revision, versions
-
-BUSY_OTHERS_SHARE = 0.10  # other processes used > 10 % of all cores during the run: numbers may be low
 
 
 def collect(device: torch.device, settings: dict) -> dict:

@@ -16,13 +16,15 @@ from rich.console import Console
 from rich.table import Table
 
 from fastcifar.atomic import atomic_path, write_text
-from fastcifar.bench.suites import HIGH_DATA_WAIT, LOADER_BOUND_RATIO, MIN_WINDOW_S
+from fastcifar.bench.suites import MIN_WINDOW_S
+from fastcifar.bench.thresholds import RULE as VERDICT_RULE
 from fastcifar.data.source import source_of
 
 VIEW_TITLES = {
     "loader": "Loader only: augmented, model-ready batches (loader + GpuAugment.train_batch), no model",
     "model": "Model only (ceiling): train step on a synthetic batch already on the device",
     "e2e": "End to end: train step fed by the loader",
+    "run": "Real run: a short `fastcifar train` of the config (evaluation and checkpoints included)",
 }
 SWEEP_KEYS = {"size": "image_size", "batch": "batch_size", "workers": "workers"}
 
@@ -73,24 +75,40 @@ def _cpu(row: dict) -> str:
     return f"{row['cpu_pct_one_core']:.0f} / {row['cpu_pct_all_cores']:.0f}"
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f} %"
+
+
+_waits = [("host wait", lambda r: _pct(r.get("data_wait_share"))), ("device idle", lambda r: _pct(r.get("device_wait_share")))]
+
+
 def _columns(view: str, result: dict) -> list[tuple[str, callable]]:
     """(header, row -> text) per column of one view's table; shared by the terminal and Markdown."""
     key = sweep_key(result)
     swept = [] if key == "image_size" else [(key.replace("_", " "), lambda r: str(r[key]))]
     size = [("px", lambda r: str(r["image_size"]))]
-    rate = [("img/s (median)", lambda r: _num(r["img_s"])), ("min–max", _range),
-            ("overall", lambda r: _num(r.get("img_s_overall"))), ("ms/batch", lambda r: _num(r["step_ms"], 1))]
+    rate = [("img/s overall", lambda r: _num(r["img_s"])), ("median", lambda r: _num(r.get("img_s_median"))),
+            ("min–max", _range), ("ms/batch", lambda r: _num(r["step_ms"], 1))]
+    bounds = [("epoch bounds", lambda r: "-" if r.get("epoch_boundaries") is None else str(r["epoch_boundaries"])),
+              ("bound fetch s", lambda r: _num(r.get("boundary_fetch_s"), 2))]
     cpu = [("CPU % (1 core / all)", _cpu)]
     if view == "loader":
-        return [("loader", lambda r: r["loader"]), *swept, *size, *rate,
+        return [("loader", lambda r: r["loader"]), *swept, *size, *rate, *bounds,
                 ("vs torch", lambda r: f"{r['vs_torch']:.1f}x" if "vs_torch" in r else "-"),
                 ("augment on", _augment_where), *cpu]
     if view == "model":
         return [("model", lambda r: r["model"]), *swept, *size, *rate,
                 ("amp", lambda r: r["amp"]), ("compile", lambda r: "yes" if r["compile"] else "no"), *cpu]
-    return [("loader", lambda r: r["loader"]), *swept, *size, *rate,
+    if view == "run":
+        return [("loader", lambda r: r["loader"]), *size, ("train img/s (wall)", lambda r: _num(r["img_s"])),
+                ("epochs", lambda r: str(r["epochs"])), ("wall s", lambda r: _num(r["wall_s"], 1)),
+                ("train s", lambda r: _num(r["train_s"], 1)), ("eval s", lambda r: _num(r["eval_s"], 2)),
+                ("ckpt s", lambda r: _num(r.get("ckpt_s"), 2)), ("warm-up s", lambda r: _num(r["warmup_s"], 1)),
+                ("train share", lambda r: _pct(r["train_share"])), ("ceiling img/s", lambda r: _num(r["ceiling_img_s"])),
+                ("ratio", lambda r: f"{r['ratio']:.2f}"), *_waits]
+    return [("loader", lambda r: r["loader"]), *swept, *size, *rate, *bounds,
             ("ceiling img/s", lambda r: _num(r["ceiling_img_s"])), ("ratio", lambda r: f"{r['ratio']:.2f}"),
-            ("data wait", lambda r: f"{100 * r['data_wait_share']:.0f} %"), ("verdict", lambda r: r["verdict"]), *cpu]
+            *_waits, ("verdict", lambda r: r["verdict"]), *cpu]
 
 
 def _warmup_columns(result: dict) -> list[tuple[str, callable]]:
@@ -101,6 +119,7 @@ def _warmup_columns(result: dict) -> list[tuple[str, callable]]:
         ("px", lambda r: str(r["image_size"])), ("build s", lambda r: _num(r["build_s"], 2)),
         ("first batch/step s", lambda r: _num(r.get("first_batch_s", r.get("first_step_s")), 2)),
         ("warm-up total s", lambda r: _num(r["warmup_s"], 2)),
+        ("to epoch end s", lambda r: _num(r.get("position_s"), 2)),
     ]
 
 
@@ -111,7 +130,11 @@ def _headline(result: dict) -> list[str]:
     synthetic = {"synthetic": "SYNTHETIC stand-in (image content does not affect throughput)",
                  "custom": "custom data (the user's own, in the CIFAR layout)"}.get(source_of(data), "official data")
     host = f"{prov['cpu_count']} CPU cores" if prov["device"] == "cpu" else f"host {prov['cpu_model']}, {prov['cpu_count']} CPU cores"
-    policy = " + ".join(f"{k} {v}" for k, v in result["policy"].items())
+    policy = " + ".join(f"{k} {v}" for k, v in result["policy"].items()) or "none"
+    config = result.get("config") or {}
+    source = f"config {config['name']}" if config.get("name") else "bench defaults"
+    if config.get("overrides"):
+        source += " with --set " + " ".join(config["overrides"])
     lines = [
         f"device: {prov['device_name']} · {host} · torch {prov['versions']['torch']}"
         f" · ffcv {prov['versions']['ffcv'] or 'not installed'} · dali {prov['versions']['dali'] or 'not installed'}",
@@ -119,6 +142,7 @@ def _headline(result: dict) -> list[str]:
         f"batch {settings['batch_size']} · workers/threads {settings['workers']} · model {settings['model']}"
         f" (cifar_stem {settings['cifar_stem']}) · amp {settings['amp']} · compile {settings['compile']}"
         f" · {settings['iters']} measured iters after {settings['warmup']} warm-up · augment policy {policy}",
+        f"what is measured: {source}",
     ]
     if load:
         lines.append(
@@ -129,19 +153,17 @@ def _headline(result: dict) -> list[str]:
     return lines
 
 
-VERDICT_RULE = (
-    f"verdict: loader-bound when e2e img/s < {LOADER_BOUND_RATIO:.0%} of the model-only ceiling and the data wait is "
-    f">= {HIGH_DATA_WAIT:.0%} of the wall time, else compute-bound. ratio = e2e img/s / ceiling img/s (medians); "
-    "data wait = host time blocked getting the next augmented batch (loader + GpuAugment) / wall time."
-)
-
-
 TIMING_NOTE = (
-    f"img/s: median (min–max) over the timed windows; a window is up to workers x prefetch consecutive batches "
-    f"(1 for the model-only view) or {MIN_WINDOW_S} s, so batches a loader prefetched ahead cannot pass for throughput. "
-    "overall: all timed images / all timed time (epoch-boundary stalls included, which the median leaves out). "
-    "ms/batch: window time / its batches. CPU %: CPU time of the process and its workers over the timed wall time "
-    "(100 = one core busy / all cores busy)."
+    "img/s overall (the headline): all timed images / all timed time, epoch-boundary stalls included; the timed "
+    "region of every loader cell crosses at least one epoch boundary ('epoch bounds' says how many; 'bound fetch s' "
+    "is the slowest fetch that opened an epoch). median and min–max: per-window rates, the steady state without "
+    f"stalls; a window is up to workers x prefetch consecutive batches (1 for the model-only view) or {MIN_WINDOW_S} s, "
+    "so batches a loader prefetched ahead cannot pass for throughput. ms/batch: window time / its batches (median). "
+    "host wait: host blocked getting the next augmented batch / wall time; device idle (CUDA): device time between "
+    "train steps / device time of the timed steps. CPU %: CPU time of the process and its workers over the timed "
+    "wall time (100 = one core busy / all cores busy). to epoch end s: advancing the loader, untimed, to near the end "
+    "of its epoch before timing. Real run: a short `fastcifar train` (evaluation and checkpoints included); train "
+    "img/s = trained images / wall time of the run less the first step's warm-up (compile), shown apart."
 )
 
 
@@ -279,7 +301,7 @@ def _bars(ax, rows: list[dict], key: str, ceilings: dict, view: str) -> None:
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([_group_label(g, key) for g in groups])
     ax.set_yscale("log")
-    ax.set_ylabel("img/s (median, log scale)")
+    ax.set_ylabel("img/s (overall, log scale)")
     ax.set_title("loader only (augmented batches)" if view == "loader" else "end to end (train step)" if view == "e2e" else "model only")
     ax.grid(axis="y", which="both", alpha=0.3)
     ax.legend(fontsize=8)

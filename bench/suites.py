@@ -5,14 +5,22 @@
     model_only   the ceiling: train-step img/s (forward + backward + optimizer step) on a synthetic batch already
                  on the device, with the same compile / AMP / channels_last settings (nanoGPT bench.py's switch
                  between real and synthetic batches).
-    end_to_end   train-step img/s with a loader feeding the model; the share of wall time spent blocked getting
-                 the next augmented batch; the ratio to the ceiling and a verdict (loader- or compute-bound).
+    end_to_end   train-step img/s with a loader feeding the model; the data wait (host blocked getting the next
+                 augmented batch; on CUDA also the device idle between steps, from events); the ratio to the
+                 ceiling and a verdict (`fastcifar.bench.thresholds`).
 
-Every loader is built through `fastcifar.loaders.build_loader` from a `Config`, and augmented by the shared
-`GpuAugment` with one fixed policy (BENCH_AUGMENT), so the benchmark compares loaders, not policies. Warm-up
-(loader construction, DataLoader worker start, FFCV's numba JIT, DALI's pipeline build, torch.compile) is timed
-on its own and never inside a throughput figure. Throughput figures are medians over `iters` timed iterations,
-with min and max, from CUDA events on a GPU and perf_counter on the CPU.
+Every cell's `Config` starts from `BenchSettings.base` (the bench defaults with BENCH_AUGMENT, or a packaged / YAML
+config, with --set overrides) and is validated by the schema; every loader is built through
+`fastcifar.loaders.build_loader` and augmented by the shared `GpuAugment` with that one policy, so the benchmark
+compares loaders, not policies. Warm-up (loader construction, DataLoader worker start, FFCV's numba JIT, DALI's
+pipeline build, torch.compile) is timed on its own and never inside a throughput figure.
+
+The headline img/s is *overall*: every timed image over all timed time, epoch boundaries included. The timed
+region always crosses at least one epoch boundary of the loader (the loader is first advanced, untimed, to near the
+end of its epoch, and timing continues until a boundary was crossed), and `timed_epochs` stretches it over whole
+epochs, so the boundary weighs what it weighs in training. Each row says how many boundaries it timed. The median
+and min-max over windows stand beside it: the steady state, stalls left out. Clocks: CUDA events on a GPU,
+perf_counter on the CPU.
 
 A timed iteration is a *window* of consecutive batches that closes after `window` batches or MIN_WINDOW_S of wall
 time, whichever comes first; img/s of a window = its images / its duration. Loaders prefetch asynchronously
@@ -25,15 +33,17 @@ short. Warm-up is the first batch plus `warmup - 1` windows, which also drains t
 
 from __future__ import annotations
 
+import copy
 import gc
 import itertools
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 
+from fastcifar.bench.thresholds import verdict
 from fastcifar.bench.timing import (
     CpuMeter,
     IterationClock,
@@ -41,6 +51,7 @@ from fastcifar.bench.timing import (
     throughput,
 )
 from fastcifar.config import Config, from_dict
+from fastcifar.engine.device_wait import DeviceWaitRecorder
 from fastcifar.engine.precision import AMP_DTYPES, autocast, input_dtype, synchronize
 from fastcifar.errors import FastcifarError
 from fastcifar.loaders import LOADERS
@@ -55,8 +66,6 @@ VARIANTS: dict[str, tuple[str, bool]] = {
 FORMATS = {name: spec.format for name, spec in LOADERS.items()}
 # one fixed augmentation policy for every loader: random crop after 4 px padding (a translate) + mirror
 BENCH_AUGMENT = {"crop_padding": 4, "hflip": 0.5}
-LOADER_BOUND_RATIO = 0.90  # e2e below 90 % of the model-only ceiling ...
-HIGH_DATA_WAIT = 0.10  # ... while >= 10 % of the wall time is spent waiting for data = loader-bound
 MIN_WINDOW_S = 0.5  # a timed window closes after this much wall time even when it has fewer than `window` batches
 
 
@@ -77,6 +86,8 @@ class BenchSettings:
     iters: int = 20  # timed windows per cell (>= 10 for a meaningful median)
     warmup: int = 3  # warm-up: the first batch plus warmup - 1 windows, timed on their own
     seed: int = 0
+    timed_epochs: int = 0  # time at least this many whole epochs of batches (0 = iters windows + one boundary)
+    base: dict = field(default_factory=dict)  # config mapping each cell starts from (bench defaults, or --config)
 
     def __post_init__(self) -> None:
         if self.iters < 1 or self.warmup < 1:
@@ -93,49 +104,46 @@ def data_info(settings: BenchSettings):
     return read_info(make_config(settings, "gpu", 32))
 
 
+def default_base() -> dict:
+    """The config mapping cells start from without --config: schema defaults plus the bench's one policy."""
+    return {"augment": dict(BENCH_AUGMENT)}
+
+
 def make_config(settings: BenchSettings, variant: str, image_size: int) -> Config:
-    """The run Config one benchmark cell stands for (validated by the schema like any YAML)."""
+    """The run Config one benchmark cell stands for: `settings.base` (its policy, head, optimizer, ...) with the
+    cell's loader, size and the resolved bench settings on top, validated by the schema like any YAML.
+
+    Weights are never downloaded (`model.pretrained` off: weights do not change the speed), there is no teacher
+    (a distillation config is measured as its student alone), one fixed image size per cell (no multi-scale) and
+    the whole train split (no val split). The step is forward, backward and optimizer; the EMA update, the
+    schedule and evaluation are what the real-run view adds.
+    """
     loader, native = VARIANTS.get(variant, (variant, False))
-    return from_dict({
-        "name": f"bench-{variant}-{image_size}px",
-        "data": {
-            "dataset": settings.dataset, "root": str(settings.root), "loader": loader, "batch_size": settings.batch_size,
-            "workers": settings.workers, "native_augment": native, "drop_last": True,
-        },
-        "augment": {"image_size": image_size, **BENCH_AUGMENT},
-        "model": {"name": settings.model, "cifar_stem": settings.cifar_stem},
-        "train": {
-            "device": settings.device, "amp": settings.amp, "compile": settings.compile,
-            "channels_last": settings.channels_last, "seed": settings.seed,
-        },
-    })
-
-
-def verdict(ratio: float, data_wait_share: float) -> str:
-    """'loader-bound' if e2e < LOADER_BOUND_RATIO of the ceiling and the data wait is high, else 'compute-bound'."""
-    return "loader-bound" if ratio < LOADER_BOUND_RATIO and data_wait_share >= HIGH_DATA_WAIT else "compute-bound"
+    data = copy.deepcopy(settings.base or default_base())
+    data["name"] = f"bench-{variant}-{image_size}px"
+    data.setdefault("data", {}).update(
+        dataset=settings.dataset, root=str(settings.root), loader=loader, batch_size=settings.batch_size,
+        workers=settings.workers, native_augment=native, drop_last=True, val_split=0)
+    data.setdefault("augment", {}).update(image_size=image_size, scales=[])
+    data.setdefault("model", {}).update(name=settings.model, cifar_stem=settings.cifar_stem, pretrained=False)
+    data.setdefault("train", {}).update(device=settings.device, amp=settings.amp, compile=settings.compile,
+                                        channels_last=settings.channels_last, seed=settings.seed, init_from=None)
+    data["distill"] = {**data.get("distill", {}), "teacher": None}
+    return from_dict(data)
 
 
 # ---------------------------------------------------------------------------- building blocks
 
 
-def _endless(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches across epoch boundaries (set_epoch before each), so a short synthetic epoch can feed any `iters`."""
-    for epoch in itertools.count():
-        loader.set_epoch(epoch)
-        produced = 0
-        for batch in loader:
-            produced += 1
-            yield batch
-        if produced == 0:
-            raise FastcifarError(
-                f"The {type(loader).__name__} yields no batches (the split is smaller than one batch); lower --batch-size."
-            )
-
-
 class Pipeline:
     """A loader plus the shared augment: `next()` returns (x [B, 3, S, S] channels_last normalized, in the AMP
-    dtype (float32 without AMP), targets int64 [B]) on the device: exactly what the train step consumes."""
+    dtype (float32 without AMP), targets int64 [B]) on the device: exactly what the train step consumes.
+
+    Batches run across epoch boundaries (set_epoch before each), so a short synthetic epoch can feed any number
+    of windows. `epoch` / `position` say where the loader is (epoch index, batches fetched in it);
+    `boundary_fetch_s` holds the host seconds of each fetch that opened a new epoch (set_epoch, pipeline rebuild,
+    worker restart, first batch): the stall a median leaves out.
+    """
 
     def __init__(self, cfg: Config, info, device: torch.device) -> None:
         from fastcifar.engine.build import train_input
@@ -144,10 +152,34 @@ class Pipeline:
         self.loader, self.augment = train_input(cfg, info, device)
         self.on_device_ops = not self.loader.per_image_ops_done
         self.native_ops = sorted(getattr(self.loader, "native_ops", ()))  # e.g. ["crop", "hflip"] with native_augment
-        self._batches = _endless(self.loader)
+        self.epoch = self.position = 0
+        self.boundary_fetch_s: list[float] = []
+        self._batches = self._endless()
+
+    def __len__(self) -> int:
+        return len(self.loader)  # batches per epoch
+
+    def _endless(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for epoch in itertools.count():
+            self.loader.set_epoch(epoch)
+            self.epoch, self.position = epoch, 0
+            for batch in self.loader:
+                self.position += 1
+                yield batch
+            if self.position == 0:
+                raise FastcifarError(f"The {type(self.loader).__name__} yields no batches (the split is smaller than "
+                                     "one batch); lower --batch-size.")
+
+    def fetch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loader's next batch: uint8 [B, 3, H, W] channels_last, int64 [B], on the device (not augmented)."""
+        start = time.perf_counter()
+        batch = next(self._batches)
+        if self.position == 1 and self.epoch > 0:
+            self.boundary_fetch_s.append(time.perf_counter() - start)
+        return batch
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = next(self._batches)  # [B, 3, H, W] uint8 channels_last, [B] int64, on device
+        images, labels = self.fetch()
         return self.augment.train_batch(images, labels)
 
     def close(self) -> None:
@@ -201,15 +233,17 @@ def loader_window(cfg: Config, batches_per_epoch: int) -> int:
     return max(1, min(max(1, cfg.data.workers) * max(1, cfg.data.prefetch), batches_per_epoch // 4))
 
 
-def _windows(step: Callable[[], object], count: int, window: int, clock: IterationClock | None = None) -> list[int]:
-    """Run `count` windows of `step()` (one batch each); each closes after `window` batches or MIN_WINDOW_S.
+def _windows(step: Callable[[], object], count: int, window: int, clock: IterationClock | None = None,
+             more: Callable[[], bool] | None = None) -> list[int]:
+    """Run `count` windows of `step()` (one batch each), then more while `more()` says so; each window closes after
+    `window` batches or MIN_WINDOW_S.
 
     Marks `clock` at every window boundary when given. Returns the number of batches of each window.
     """
     sizes = []
     if clock is not None:
         clock.mark()
-    for _ in range(count):
+    while len(sizes) < count or (more is not None and more()):
         start, done = time.perf_counter(), 0
         while done == 0 or (done < window and time.perf_counter() - start < MIN_WINDOW_S):
             step()
@@ -220,45 +254,107 @@ def _windows(step: Callable[[], object], count: int, window: int, clock: Iterati
     return sizes
 
 
+def _position(pipe: Pipeline, skip: Callable[[], object], step: Callable[[], object], settings: BenchSettings,
+              window: int, est_window: int) -> float:
+    """Advance `pipe` (untimed, with `skip`: a fetch without the model) to near the end of its epoch, so the timed
+    region crosses a boundary early whatever the dataset size; then one settle window of `step` refills the queues
+    the fast skip drained. Returns the seconds it took (kept out of warm-up and out of img/s).
+
+    Remaining batches when timing starts: about one settle window plus a quarter of the expected timed batches.
+    """
+    start = time.perf_counter()
+    target = est_window + max(1, settings.iters * est_window // 4)
+    moved = False
+    while len(pipe) - pipe.position > target:
+        skip()
+        moved = True
+    if moved:
+        _windows(step, 1, window)
+    return time.perf_counter() - start
+
+
 def _timed(step: Callable[[], object], settings: BenchSettings, device: torch.device, window: int,
-           on_measure_start: Callable[[], None] | None = None) -> dict:
-    """Warm up, then time `settings.iters` windows of `step()`.
+           on_measure_start: Callable[[], None] | None = None, pipe: Pipeline | None = None,
+           skip: Callable[[], object] | None = None) -> dict:
+    """Warm up, then time `settings.iters` windows of `step()`, more while a loader's `pipe` has not crossed an
+    epoch boundary (or `settings.timed_epochs` whole epochs) inside the timed region.
 
     Returns first_s (the first batch/step alone: worker start, JIT, pipeline build, compile), warmup_s (first
-    batch + warmup - 1 windows), seconds and batches per timed window, and the CPU use of the timed region.
+    batch + warmup - 1 windows), position_s (advancing the loader to near its epoch end), seconds and batches per
+    timed window, the epoch boundaries and their fetch seconds inside the timed region, and its CPU use.
     """
     start = time.perf_counter()
     step()
     synchronize(device)
     first = time.perf_counter() - start
-    _windows(step, settings.warmup - 1, window)
+    warm_sizes = _windows(step, settings.warmup - 1, window)
     synchronize(device)  # queued warm-up work must not spill into the timed region
     warm = time.perf_counter() - start
+    position_s = 0.0
+    if pipe is not None:
+        est = sorted(warm_sizes)[len(warm_sizes) // 2] if warm_sizes else min(window, max(1, int(MIN_WINDOW_S / max(first, 1e-6))))
+        position_s = _position(pipe, skip or step, step, settings, window, est)
+        synchronize(device)
     if on_measure_start is not None:
         on_measure_start()
     clock, meter = IterationClock(device), CpuMeter()
-    meter.start()
-    batches = _windows(step, settings.iters, window, clock)
+    more = None
+    if pipe is not None:
+        epoch0, fetches0 = pipe.epoch, len(pipe.boundary_fetch_s)
+        need_epochs, need_batches = max(1, settings.timed_epochs), settings.timed_epochs * len(pipe)
+        cap = (need_epochs + 2) * len(pipe)  # timed batches at most: a loader that never reaches a boundary cannot hang us
+        counted = {"n": 0}
+
+        def step_counted() -> None:
+            step()
+            counted["n"] += 1
+
+        def more() -> bool:
+            short = pipe.epoch - epoch0 < need_epochs or counted["n"] < need_batches
+            return short and counted["n"] < cap
+
+        meter.start()
+        batches = _windows(step_counted, settings.iters, window, clock, more)
+    else:
+        meter.start()
+        batches = _windows(step, settings.iters, window, clock)
     seconds = clock.seconds()  # synchronizes
-    return {"first_s": first, "warmup_s": warm, "seconds": seconds, "batches": batches, "cpu": meter.stop(),
-            "torch_threads": torch.get_num_threads()}
+    out = {"first_s": first, "warmup_s": warm, "position_s": position_s, "seconds": seconds, "batches": batches,
+           "cpu": meter.stop(), "torch_threads": torch.get_num_threads(), "epoch_boundaries": None,
+           "boundary_fetch_s": []}
+    if pipe is not None:
+        out.update(epoch_boundaries=pipe.epoch - epoch0, boundary_fetch_s=pipe.boundary_fetch_s[fetches0:],
+                   batches_per_epoch=len(pipe))
+    return out
+
+
+def window_rates(seconds: list[float], batches: list[int], batch_size: int) -> dict:
+    """Throughput of timed windows: `img_s` overall (all images / all time, stalls included: the headline) and
+    the median, min and max of the per-window rates (the steady state)."""
+    rate = throughput(seconds, [n * batch_size for n in batches])
+    return {"img_s": batch_size * sum(batches) / sum(seconds), "img_s_median": rate.median,
+            "img_s_min": rate.min, "img_s_max": rate.max}
 
 
 def _row(view: str, settings: BenchSettings, variant: str | None, image_size: int, timed: dict, window: int) -> dict:
-    """Fields every row carries: identity, settings, img/s median/min/max over windows, time per batch, CPU use."""
+    """Fields every row carries: identity, settings, img/s overall + median/min/max over windows, time per batch,
+    the epoch boundaries timed, CPU use."""
     seconds, batches, cpu = timed["seconds"], timed["batches"], timed["cpu"]
-    rate = throughput(seconds, [n * settings.batch_size for n in batches])
     per_batch = summarize([1000.0 * s / n for s, n in zip(seconds, batches)])  # ms per batch, per window
+    fetches = timed["boundary_fetch_s"]
     return {
         "view": view, "loader": variant, "image_size": image_size, "batch_size": settings.batch_size,
         "workers": settings.workers, "device": settings.device,
         "iters": len(seconds), "batches": sum(batches), "window": window,
-        "img_s": rate.median, "img_s_min": rate.min, "img_s_max": rate.max,
-        "img_s_overall": settings.batch_size * sum(batches) / sum(seconds),  # total images / total time
+        **window_rates(seconds, batches, settings.batch_size),
         "step_ms": per_batch.median, "step_ms_min": per_batch.min, "step_ms_max": per_batch.max,
+        "epoch_boundaries": timed["epoch_boundaries"],  # None for the model-only view (no loader)
+        "batches_per_epoch": timed.get("batches_per_epoch"),
+        "boundary_fetch_s": max(fetches) if fetches else None,  # the slowest epoch-opening fetch timed, host s
+        "boundary_fetches_s": [round(f, 4) for f in fetches],  # each epoch-opening fetch timed, host s
         "cpu_pct_one_core": cpu["cpu_pct_one_core"], "cpu_pct_all_cores": cpu["cpu_pct_all_cores"],
         "torch_threads": timed["torch_threads"],  # intra-op threads during the timed region (ffcv may change them)
-        "warmup_s": timed["warmup_s"],
+        "warmup_s": timed["warmup_s"], "position_s": timed["position_s"],
     }
 
 
@@ -293,7 +389,7 @@ def loader_only(settings: BenchSettings, variant: str, image_size: int, info) ->
 
     try:
         window = loader_window(cfg, len(pipe.loader))
-        timed = _timed(step, settings, device, window)
+        timed = _timed(step, settings, device, window, pipe=pipe)
         fields = _loader_fields(variant, pipe)
     finally:
         pipe.close()
@@ -332,11 +428,12 @@ def model_only(settings: BenchSettings, image_size: int, info) -> dict:
 
 
 def end_to_end(settings: BenchSettings, variant: str, image_size: int, info, ceiling_img_s: float) -> dict:
-    """Train-step img/s with `variant` feeding the model, its data-wait share, ratio to the ceiling and verdict.
+    """Train-step img/s with `variant` feeding the model, its data wait, ratio to the ceiling and verdict.
 
     `data_wait_share` = host time blocked in (next batch + augment) / wall time of the timed region. On a GPU
-    the step is queued asynchronously, so the host fetches the next batch while the device computes; the wait
-    is what the device could not hide.
+    the step is queued asynchronously, so the host fetches the next batch while the device computes: what the
+    device actually waited is `device_wait_share`, the device idle between consecutive steps (CUDA events around
+    augment + step, as in the trainer; None on a CPU). The verdict uses the device's wait where there is one.
     """
     device = torch.device(settings.device)
     cfg = make_config(settings, variant, image_size)
@@ -346,26 +443,37 @@ def end_to_end(settings: BenchSettings, variant: str, image_size: int, info, cei
     train = TrainStep(cfg, info.num_classes, device)
     build_s = time.perf_counter() - start
     state = {"wait": 0.0}  # s, host blocked getting the next augmented batch
+    recorder = DeviceWaitRecorder(device, settings.iters)
 
     def step() -> None:
         t0 = time.perf_counter()
-        x, targets = pipe.next()
+        images, labels = pipe.fetch()
+        recorder.start()  # the device's step begins with the augment, as in the trainer
+        x, targets = pipe.augment.train_batch(images, labels)
         state["wait"] += time.perf_counter() - t0
         state["loss"] = train(x, targets)
+        recorder.end()
+
+    def measure_start() -> None:
+        state["wait"] = 0.0
+        recorder.reset()
 
     try:
         window = loader_window(cfg, len(pipe.loader))
-        timed = _timed(step, settings, device, window, on_measure_start=lambda: state.update(wait=0.0))
+        timed = _timed(step, settings, device, window, on_measure_start=measure_start, pipe=pipe, skip=pipe.next)
+        idle = recorder.idle()  # after _timed's final synchronize; None on a CPU
         fields = _loader_fields(variant, pipe)
     finally:
         pipe.close()
     _check_finite(state["loss"], "end-to-end")
     row = _row("e2e", settings, variant, image_size, timed, window)
     share = min(state["wait"] / timed["cpu"]["wall_s"], 1.0)
+    device_share = idle.share if idle is not None else None
     ratio = row["img_s"] / ceiling_img_s
     return {
         **row, **_model_fields(settings), **fields,
-        "data_wait_share": share, "ceiling_img_s": ceiling_img_s, "ratio": ratio, "verdict": verdict(ratio, share),
+        "data_wait_share": share, "device_wait_share": device_share, "ceiling_img_s": ceiling_img_s, "ratio": ratio,
+        "verdict": verdict(ratio, device_share if device_share is not None else share),
         "build_s": build_s, "first_step_s": timed["first_s"], "warmup_s": build_s + timed["warmup_s"],
     }
 
@@ -380,4 +488,5 @@ def settings_dict(settings: BenchSettings) -> dict:
     """Settings as JSON-ready values."""
     data = asdict(settings)
     data["root"] = str(settings.root)
+    data.pop("base")  # the result stores the resolved config on its own ("config")
     return data

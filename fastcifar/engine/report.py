@@ -88,6 +88,8 @@ def print_epoch(console: Console, f: RunFacts, r: dict, improved: bool) -> None:
         parts.append(f"{r['img_per_s']:,.0f} img/s")
     if r.get("data_wait") is not None:
         parts.append(f"wait {r['data_wait']:.0%}")
+    if r.get("device_wait") is not None:  # CUDA only: the device idle between steps (engine/device_wait.py)
+        parts.append(f"device idle {r['device_wait']:.0%}")
     parts.append(f"{r['train_s'] + r.get('eval_s', 0.0) + r.get('ckpt_s', 0.0):.1f}s")
     if r.get("ckpt_s"):
         parts.append(f"(checkpoint {r['ckpt_s']:.2f}s)")
@@ -139,6 +141,7 @@ def write_final(console: Console, run_dir: Path, f: RunFacts, out: Outcome, reco
     rates = [r["img_per_s"] for r in records if r.get("img_per_s")]
     waits = [r["data_wait"] for r in records if r.get("data_wait") is not None]
     stopped = out.stopped_epoch is not None
+    device_waits = [r["device_wait"] for r in records if r.get("device_wait") is not None]
     summary = {
         "status": "early-stopped" if stopped else "done",
         **static_summary(f),
@@ -154,7 +157,8 @@ def write_final(console: Console, run_dir: Path, f: RunFacts, out: Outcome, reco
         "wall_s": out.wall_s,  # includes ckpt_s
         "ckpt_s": out.ckpt_s,  # training blocked by checkpoints: host snapshots + waits for the writer thread
         "img_per_s": statistics.median(rates) if rates else None,  # median over epochs, warm-up step excluded
-        "data_wait": statistics.median(waits) if waits else None,
+        "data_wait": statistics.median(waits) if waits else None,  # host blocked in next(loader) / train time
+        "device_wait": statistics.median(device_waits) if device_waits else None,  # CUDA: device idle between steps
         "compile": f.cfg.train.compile,
         "compile_s": out.first_warmup_s if f.cfg.train.compile else None,  # first step incl. torch.compile
         "warmup_s": out.first_warmup_s,

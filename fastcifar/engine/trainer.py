@@ -42,6 +42,7 @@ from fastcifar.engine.checkpoint import (
     set_rng_state,
     snapshot,
 )
+from fastcifar.engine.device_wait import DeviceWaitRecorder  # [measure]
 from fastcifar.engine.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -64,7 +65,8 @@ from fastcifar.engine.teacher import load_teacher
 from fastcifar.errors import FastcifarError
 
 # Record keys that measure time: they differ between an interrupted-and-resumed run and an uninterrupted one.
-TIMING_KEYS = ("img_per_s", "data_wait", "train_s", "eval_s", "ckpt_s", "warmup_s", "loader_warmup_s", "wall_s")
+TIMING_KEYS = ("img_per_s", "data_wait", "device_wait", "device_wait_s", "train_s", "eval_s", "ckpt_s", "warmup_s",
+               "loader_warmup_s", "wall_s")
 FIELDS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "test_loss", "test_acc",
           "test_top5", *TIMING_KEYS]
 
@@ -290,6 +292,7 @@ class Trainer:
         correct = torch.zeros((), dtype=torch.int64, device=device)
         count = warm_images = 0
         wait = warm_wait = warm_step = 0.0  # seconds
+        device_wait = DeviceWaitRecorder(device, len(loader))  # [measure] CUDA events per step; no-op on CPU
         with EpochProgress(epoch, self.cfg.train.epochs, len(loader), enabled=self.progress and self.dist.main, world_size=self.dist.world_size, console=self.console) as bar:
             start = time.perf_counter()
             batches = iter(loader)  # ffcv / dali / DataLoader workers start here: loader time too
@@ -312,7 +315,9 @@ class Trainer:
                     if self.first_warmup_s is None:
                         self.first_warmup_s = warm_step
                 else:
+                    device_wait.start()  # [measure]
                     loss, hits = self._step(images, labels)
+                    device_wait.end()  # [measure]
                 loss_sum += loss.double() * labels.shape[0]
                 correct += hits
                 count += labels.shape[0]
@@ -332,6 +337,9 @@ class Trainer:
         }
         if warm_images:
             out.update(warmup_s=warm_step, loader_warmup_s=warm_wait)
+        idle = device_wait.idle()  # [measure] read once, after the epoch's sync; None on CPU
+        if idle is not None:  # [measure] share of the device timeline idle between steps, and its seconds
+            out.update(device_wait=idle.share, device_wait_s=idle.idle_s)
         return out
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
