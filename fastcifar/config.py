@@ -21,7 +21,7 @@ from fastcifar.data.cifar import DATASETS
 from fastcifar.data.manifest import DALI_ENCODINGS
 from fastcifar.engine.amp_modes import AMP_MODES
 from fastcifar.errors import FastcifarError
-from fastcifar.loaders import LOADERS
+from fastcifar.loaders.registry import LOADERS
 
 STORED_SIDE = 32  # px of every stored CIFAR image
 

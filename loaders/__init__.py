@@ -9,7 +9,7 @@ LOADERS is the one record of what each loader is and needs; every list of loader
 choices of `data.loader` (config) and `--loader` (CLI), the benchmark's variants and the formats it
 prepares, and the README's table (a test keeps it in step). Adding a loader: write `loaders/NAME.py`
 with `build(cfg, split, *, train, device, rank, world_size, indices)` returning an object that follows
-`fastcifar.loaders.base.Loader`, and add its LoaderSpec here.
+`fastcifar.loaders.base.Loader`, and add its LoaderSpec to `registry.py`.
 
 This module imports neither torch nor the loader modules (the config reads LOADERS at import time):
 modules are imported only when their loader is built, so optional libraries (ffcv, nvidia.dali) are
@@ -19,8 +19,9 @@ never imported by the others.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from fastcifar.loaders.registry import LOADERS, LoaderSpec
 
 if TYPE_CHECKING:
     import numpy as np
@@ -29,44 +30,6 @@ if TYPE_CHECKING:
     from fastcifar.config import Config
     from fastcifar.loaders.base import Loader
 
-
-@dataclass(frozen=True)
-class LoaderSpec:
-    """The facts of one loader.
-
-    Attributes:
-        name: the value of `data.loader` and `--loader`.
-        module: defines `build(cfg, split, *, train, device, rank, world_size, indices)`.
-        format: the prepared format it reads (`fastcifar data prepare --formats`).
-        library: the optional module it needs, None = core dependencies only; its loader module imports it
-            through `base.require_library` (lazily, inside the build, where ffcv's thread side effects are contained).
-        extra: the pip extra that installs `library` (`pip install 'fastcifar[extra]'`).
-        native_ops: per-image ops its library can run itself (`data.native_augment: true`); non-empty
-            ones also get a "NAME-native" benchmark variant.
-        takes_indices: serves a subset of a split (the held-out `data.val_split`).
-        description: one line for docs and help.
-    """
-
-    name: str
-    module: str
-    format: str
-    library: str | None
-    extra: str | None
-    native_ops: frozenset[str]
-    takes_indices: bool
-    description: str
-
-
-LOADERS: dict[str, LoaderSpec] = {spec.name: spec for spec in (
-    LoaderSpec("gpu", "fastcifar.loaders.gpu", "npy", None, None, frozenset(), True,
-               "whole split on the device, index slices of a per-epoch permutation (the ceiling)"),
-    LoaderSpec("torch", "fastcifar.loaders.torch_loader", "npy", None, None, frozenset(), True,
-               "DataLoader workers with per-image CPU transforms (the baseline)"),
-    LoaderSpec("ffcv", "fastcifar.loaders.ffcv_loader", "ffcv", "ffcv", "ffcv", frozenset({"hflip", "crop"}), True,
-               ".beton decoded by ffcv's numba-JIT pipeline on CPU threads"),
-    LoaderSpec("dali", "fastcifar.loaders.dali_loader", "dali", "nvidia.dali", "dali", frozenset({"hflip", "crop"}),
-               True, "webdataset shards through one persistent DALI pipeline (decode on the GPU)"),
-)}
 
 __all__ = ["LOADERS", "Loader", "LoaderSpec", "build_loader", "remaining_augment"]
 
