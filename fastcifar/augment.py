@@ -1,11 +1,13 @@
 """GpuAugment: the shared, batched augmentation every loader feeds (uint8 in, model input out).
 
     images uint8 [B, 3, 32, 32] (any device)
-      -> crop/translate + flips (one gather)        uint8, 32 px
+      -> crop/translate + flips (one gather)        uint8, 32 px (flips random, or alternating per epoch)
+      -> auto-augment policy (policy.py)            uint8, 32 px, its own ops and magnitudes per image
       -> shift-scale-rotate, colour jitter          float32 at 32 px, rounded back to uint8
       -> cutout                                     uint8, 32 px
       -> resize to image_size + normalize           out_dtype, channels_last
-      -> mixup / cutmix (per batch)                 in place, soft labels [B, C]
+         (or RandomResizedCrop: a box per image cut and resized in one op, resized_crop.py)
+      -> mixup / cutmix (per batch or per image)    in place, soft labels [B, C]
 
 Randomness comes from the global torch RNG of the input's device, and every decision is a tensor
 (masks [B], a Beta draw), so `train_batch` has no data-dependent Python branches and no host sync.
@@ -23,8 +25,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fastcifar import augment_ops as ops
+from fastcifar.alternate_flip import alternate_flips
 from fastcifar.config import AugmentConfig
 from fastcifar.errors import FastcifarError
+from fastcifar.policy import Policy
+from fastcifar.resized_crop import resized_crop, sample_boxes
 
 OPS = ("ssr", "cutout", "jitter", "hflip", "vflip")  # the per-image ops `one_of` chooses from
 OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -46,16 +51,20 @@ class AugmentParams:
     cutout: Tensor | None = None  # [B] bool
     cut_y0: Tensor | None = None  # [B] int64 top-left corner of the hole, px
     cut_x0: Tensor | None = None
+    policy_ops: Tensor | None = None  # [S, B] int64 indices into policy_ops.OPS, S = ops per image
+    policy_magnitudes: Tensor | None = None  # [S, B] float64 signed magnitudes, torchvision's units
+    rrc_box: Tensor | None = None  # [B, 4] int64 RandomResizedCrop box (top, left, height, width), px
 
 
 @dataclass
 class MixParams:
     """One batch's mixup / cutmix draw (scalar tensors or a map on the batch's device)."""
 
-    other_weight: Tensor  # weight of the partner image: scalar (mixup only) or [1, 1, S, S] map
-    lam: Tensor  # scalar float32: weight of the image's own label
-    mixed: Tensor  # scalar bool: the mix_prob coin came up (lam < 1 up to a zero-area box)
-    cutmix: Tensor  # scalar bool: cutmix was chosen over mixup (meaningful when mixed)
+    other_weight: Tensor  # weight of the partner image: scalar (mixup only) or [1, 1, S, S] map;
+    # mix_mode elem: [B, 1, 1, 1] or [B, 1, S, S], one per image
+    lam: Tensor  # float32 weight of the image's own label: scalar, or [B] with mix_mode elem
+    mixed: Tensor  # bool, scalar or [B]: the mix_prob coin came up (lam < 1 up to a zero-area box)
+    cutmix: Tensor  # bool, scalar or [B]: cutmix was chosen over mixup (meaningful when mixed)
 
 
 class GpuAugment:
@@ -69,6 +78,8 @@ class GpuAugment:
         per_image_ops: False when the loader already cropped/flipped/resized each image on the CPU;
             then only resize-if-needed, normalize and mixup/cutmix run here.
         out_dtype: dtype of the returned images (float32, or bfloat16/float16 to feed AMP directly).
+        seed: train.seed; with hflip_mode alternate it decides which half of the images is mirrored in
+            even epochs (see alternate_flip.py). `set_epoch` gives the epoch.
     """
 
     def __init__(
@@ -79,6 +90,7 @@ class GpuAugment:
         num_classes: int,
         per_image_ops: bool = True,
         out_dtype: torch.dtype = torch.float32,
+        seed: int = 0,
     ):
         _validate(cfg, mean, std, num_classes, out_dtype)
         self.cfg = cfg
@@ -91,6 +103,13 @@ class GpuAugment:
         self._scale = (1.0 / std_t).float()  # [3] per channel, applied to 0-255 pixels
         self._shift = (-mean_t / std_t).float()
         self._consts: dict[torch.device, tuple[Tensor, Tensor]] = {}
+        self.policy = None if cfg.policy == "none" else Policy(cfg.policy, cfg.policy_ops, cfg.policy_magnitude,
+                                                                 cfg.policy_magnitude_std)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The training epoch about to run: alternating flips mirror the other half in odd epochs."""
+        self.epoch = epoch
 
     # ------------------------------------------------------------------ entry points
 
@@ -108,10 +127,13 @@ class GpuAugment:
                 whenever mixup or cutmix is enabled (also in batches the draw left unmixed).
         """
         _check_images(images)
-        x = images
+        x, box = images, None
         if self.per_image_ops:
-            x = self.apply(x, self.sample(x.shape[0], x.shape[-2], x.shape[-1], x.device))
-        x = self.to_model_input(x, size)
+            p = self.sample(x.shape[0], x.shape[-2], x.shape[-1], x.device)
+            if self.cfg.hflip_mode == "alternate":  # decided by the stored pixels, before any crop
+                p.hflip = alternate_flips(images, self.seed, self.epoch)
+            x, box = self.apply(x, p), p.rrc_box
+        x = self.to_model_input(x, size, box)
         if not self.mixing:
             return x, labels
         return self.mix(x, labels, self.sample_mix(x.shape[-1], x.device))
@@ -121,10 +143,16 @@ class GpuAugment:
         _check_images(images)
         return self.to_model_input(images)
 
-    def to_model_input(self, x: Tensor, size: int | None = None) -> Tensor:
-        """uint8 [B, 3, H, W] -> [B, 3, S, S] out_dtype channels_last: resize and normalize in the cheap order per device."""
+    def to_model_input(self, x: Tensor, size: int | None = None, box: Tensor | None = None) -> Tensor:
+        """uint8 [B, 3, H, W] -> [B, 3, S, S] out_dtype channels_last: resize and normalize in the cheap order per device.
+
+        With `box` (int64 [B, 4], RandomResizedCrop), each image's box is cut and resized instead, after
+        normalizing the small image (the crop and resize are one pair of matmuls in out_dtype).
+        """
         scale, shift = self._device_consts(x.device)
         side = size or self.cfg.image_size
+        if box is not None:
+            return resized_crop(ops.normalize(x, scale, shift, self.out_dtype), box, side)
         if x.device.type == "cpu":  # vectorised uint8 resize, then one convert + affine pass
             return ops.normalize(ops.resize(x, side), scale, shift, self.out_dtype)
         # CUDA has no uint8 bilinear kernel: normalize the small image, resize in out_dtype
@@ -154,6 +182,10 @@ class GpuAugment:
             centre = torch.stack([torch.randint(0, n, (batch,), device=device) for n in (height, width)])
             p.cutout = masks["cutout"]
             p.cut_y0, p.cut_x0 = centre - cfg.cutout_size // 2  # hole centred on a uniform pixel
+        if self.policy is not None:
+            p.policy_ops, p.policy_magnitudes = self.policy.sample(batch, height, width, device)
+        if cfg.rrc_scale:
+            p.rrc_box = sample_boxes(batch, height, width, cfg.rrc_scale, cfg.rrc_ratio, device)
         return p
 
     def apply(self, images: Tensor, p: AugmentParams) -> Tensor:
@@ -166,6 +198,8 @@ class GpuAugment:
             x = ops.crop_flip(
                 x, _or(p.dy, off), _or(p.dx, off), _or(p.hflip, no), _or(p.vflip, no), cfg.crop_padding, cfg.pad_mode
             )
+        if p.policy_ops is not None:  # after crop/flip, before the other ops, as torchvision recipes order them
+            x = self.policy.apply(x, p.policy_ops, p.policy_magnitudes)
         if p.ssr is not None:
             x = ops.shift_scale_rotate(x, p.theta, p.ssr, "reflection" if cfg.pad_mode == "reflect" else "zeros")
         if p.jitter is not None:

@@ -1,0 +1,286 @@
+"""torchvision's auto-augment ops, batched: every image of a batch runs its own op with its own magnitude.
+
+`apply_op(x, op, magnitude)` is one "slot" of a policy: image b gets op `op[b]` (an index into OPS) with
+the signed magnitude `magnitude[b]`, in the units torchvision's `_apply_image_or_video_transform` takes
+(shear: the tangent; translate: px; rotate: degrees; brightness/color/contrast/sharpness: factor - 1;
+posterize: bits; solarize: threshold as a fraction of 255). Each op reproduces
+`torchvision.transforms.v2.functional` on uint8 images with `interpolation=NEAREST` and `fill=None` (zeros),
+torchvision's auto-augment defaults (tests/test_policy_ops.py checks every op by value).
+
+No op branches on a value in Python and no shape depends on the data, so a slot is a fixed sequence of
+batched kernels whatever the draw; to keep it cheap the 15 ops share three passes:
+
+    geometric (shear, translate, rotate)   one nearest-neighbour gather with a per-image source index
+    pointwise (brightness, contrast, posterize, solarize, autocontrast, equalize, invert, identity)
+                                           one per-image-and-channel lookup table [B*C, 256], one gather
+    blends (color, sharpness)              one float blend with a per-image degenerate image
+
+and every image takes the result of the pass its op belongs to. Images are uint8 NCHW at the stored
+32 px; nothing here resizes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# torchvision's op names, in the order of RandAugment's augmentation space (+ Invert, used by AutoAugment).
+OPS = (
+    "Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast",
+    "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize", "Invert",
+)
+OP_ID = {name: i for i, name in enumerate(OPS)}
+GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+BLENDS = ("Color", "Sharpness")
+GRAY = (0.2989, 0.587, 0.114)  # torchvision's luma weights (rgb_to_grayscale)
+
+
+def _is(op: Tensor, *names: str) -> Tensor:
+    """[B] bool: op[b] is one of `names`."""
+    out = torch.zeros_like(op, dtype=torch.bool)
+    for name in names:
+        out |= op == OP_ID[name]
+    return out
+
+
+# ---------------------------------------------------------------------------- geometry, exact nearest
+
+
+def inverse_affine(op: Tensor, magnitude: Tensor, height: int, width: int) -> Tensor:
+    """torchvision's inverse affine matrix per image (`_get_inverse_affine_matrix`, scale 1), float64 [B, 6].
+
+    Pixel units, coordinates relative to the image centre; identity for non-geometric ops. Computed in
+    float64 like torchvision's Python floats, then rounded to float32 once by the caller.
+    """
+    m = magnitude.double()
+    zero = torch.zeros_like(m)
+    shear = torch.rad2deg(torch.atan(m))  # torchvision passes degrees(atan(magnitude)) as the shear angle
+    shear_x = torch.where(op == OP_ID["ShearX"], shear, zero)
+    shear_y = torch.where(op == OP_ID["ShearY"], shear, zero)
+    tx = torch.where(op == OP_ID["TranslateX"], torch.trunc(m), zero)  # int(magnitude): toward zero
+    ty = torch.where(op == OP_ID["TranslateY"], torch.trunc(m), zero)
+    # F.rotate(angle) takes angle % 360 and builds the matrix with -angle
+    angle = torch.where(op == OP_ID["Rotate"], -torch.remainder(m, 360.0), zero)
+    shearing = _is(op, "ShearX", "ShearY")  # torchvision shears about the top-left corner (center=[0, 0])
+    cx = torch.where(shearing, zero - width * 0.5, zero)
+    cy = torch.where(shearing, zero - height * 0.5, zero)
+
+    rot, sx, sy = torch.deg2rad(angle), torch.deg2rad(shear_x), torch.deg2rad(shear_y)
+    cos_sy, tan_sx = torch.cos(sy), torch.tan(sx)
+    a = torch.cos(rot - sy) / cos_sy
+    b = -(a * tan_sx + torch.sin(rot))
+    c = torch.sin(rot - sy) / cos_sy
+    d = torch.cos(rot) - c * tan_sx
+    m0, m1, m3, m4 = d, -b, -c, a
+    cxt, cyt = cx + tx, cy + ty
+    m2 = cx - m0 * cxt - m1 * cyt
+    m5 = cy - m3 * cxt - m4 * cyt
+    return torch.stack([m0, m1, m2, m3, m4, m5], dim=1)
+
+
+def source_pixels(matrix: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+    """Where each output pixel reads from, as torchvision's affine (NEAREST) + grid_sample decide it.
+
+    torchvision maps output pixel centres (relative to the image centre) through the float32 matrix and
+    divides by half the side (`_affine_grid`); CPU grid_sample then unnormalizes with (g + 1) * size / 2 - 0.5
+    and rounds half to even. The same float32 steps here, one [B, H, W] plane per coordinate instead of a
+    [B, H*W, 3] x [B, 3, 2] bmm (which spent most of its time on the tiny matrices).
+
+    Args:
+        matrix: float64 [B, 6] (see `inverse_affine`).
+
+    Returns:
+        (flat source index int64 [B, H*W], clamped into the image; inside bool [B, H*W]: False where
+        grid_sample reads its zero padding).
+    """
+    dev = matrix.device
+    theta = matrix.float()[:, :, None, None]  # [B, 6, 1, 1]
+    xs = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, steps=width, device=dev)[None, None, :]
+    ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, steps=height, device=dev)[None, :, None]
+    half_w, half_h = torch.tensor(0.5 * width), torch.tensor(0.5 * height)  # float32, as torchvision divides
+    gx = (xs * (theta[:, 0] / half_w) + ys * (theta[:, 1] / half_w)) + theta[:, 2] / half_w  # [B, H, W]
+    gy = (xs * (theta[:, 3] / half_h) + ys * (theta[:, 4] / half_h)) + theta[:, 5] / half_h
+    ix = ((gx + 1) * (width / 2) - 0.5).round_()
+    iy = ((gy + 1) * (height / 2) - 0.5).round_()
+    inside = (ix > -1) & (ix < width) & (iy > -1) & (iy < height)
+    index = iy.clamp_(0, height - 1).mul_(width).add_(ix.clamp_(0, width - 1)).long()
+    return index.view(-1, height * width), inside.view(-1, height * width)
+
+
+def warp_nearest(x: Tensor, matrix: Tensor) -> Tensor:
+    """Warp each image by its inverse affine matrix, nearest neighbour, zeros outside: uint8 in, uint8 out.
+
+    Args:
+        x: uint8 [B, C, H, W] NCHW. matrix: float64 [B, 6] (see `inverse_affine`).
+
+    Returns:
+        uint8 [B, C, H, W] NCHW: exactly torchvision's affine/rotate (NEAREST, fill=None) per image.
+    """
+    B, C, H, W = x.shape
+    index, inside = source_pixels(matrix, H, W)  # [B, H*W]
+    out = torch.gather(x.reshape(B, C, H * W), 2, index[:, None].expand(B, C, H * W))
+    return out.mul_(inside[:, None].to(torch.uint8)).view(B, C, H, W)
+
+
+# ---------------------------------------------------------------------------- pointwise: per-image tables
+
+
+def histograms(x: Tensor) -> Tensor:
+    """Per image and channel histogram of uint8 [B, C, H, W]: int32 [B*C, 256] (scatter_add_, no host sync)."""
+    B, C, H, W = x.shape
+    flat = x.reshape(B * C, H * W).long()
+    hist = torch.zeros(B * C, 256, dtype=torch.int32, device=x.device)
+    return hist.scatter_add_(1, flat, torch.ones(1, 1, dtype=torch.int32, device=x.device).expand_as(flat))
+
+
+def equalize_lut(hist: Tensor) -> Tensor:
+    """torchvision's (PIL's) equalize table from each row's histogram: int64 [R, 256] -> int64 [R, 256].
+
+    Rows whose image has a single non-max value count (step 0) get the identity table, as torchvision
+    returns such images unchanged.
+    """
+    n = hist.sum(dim=1, keepdim=True)  # pixels per row
+    cum = hist.cumsum(dim=1)
+    last = cum.argmax(dim=1, keepdim=True)  # first bin holding the maximum of the cumulative = the last non-empty bin
+    step = torch.div(n - hist.gather(1, last), 255, rounding_mode="floor")  # [R, 1]
+    lut = torch.div(cum[:, :-1] + step // 2, step.clamp(min=1), rounding_mode="floor").clamp(0, 255)
+    lut = torch.cat([torch.zeros_like(lut[:, :1]), lut], dim=1)
+    identity = torch.arange(256, device=hist.device).expand_as(lut)
+    return torch.where(step != 0, lut, identity)
+
+
+def autocontrast_lut(hist: Tensor) -> Tensor:
+    """torchvision's autocontrast per row: (v - min) / ((max - min) / 255), truncated. int32 [R, 256] -> float32."""
+    seen = hist > 0
+    values = torch.arange(256, device=hist.device)
+    low = torch.where(seen, values, 255).amin(dim=1, keepdim=True).float()  # [R, 1] darkest value present
+    high = torch.where(seen, values, 0).amax(dim=1, keepdim=True).float()
+    flat = high == low
+    inv_scale = torch.where(flat, 1.0, (high - low) * (1.0 / 255))
+    low = torch.where(flat, 0.0, low)
+    return ((values.float() - low) / inv_scale).clamp(0, 255)
+
+
+def pointwise_lut(op: Tensor, magnitude: Tensor, hist: Tensor, gray_mean: Tensor, channels: int) -> Tensor:
+    """The lookup table of each image's pointwise op (identity for other ops): uint8 [B*C, 256].
+
+    Args:
+        op: int64 [B]. magnitude: float64 [B] (signed, torchvision's units).
+        hist: int32 [B*C, 256] (see `histograms`). gray_mean: float32 [B] mean of the floored luma.
+        channels: C.
+    """
+    dev = op.device
+    v = torch.arange(256, device=dev, dtype=torch.float32)[None]  # [1, 256]
+    m = magnitude[:, None]  # [B, 1] float64
+    factor = (1.0 + m).float()  # torchvision's Python 1.0 + magnitude, as float32 in the kernel
+    brightness = (v * factor).clamp(0, 255)  # adjust_brightness: x * f, clamp, truncate
+    # adjust_contrast: _blend(x, mean, f) = x * f + (1 - f) * mean, with add_(alpha=1 - f): one fused
+    # multiply-add on CPU, reproduced exactly by adding the float64 product to the float32 x * f
+    contrast = ((v * factor).double() + (-m).float().double() * gray_mean[:, None].double()).float().clamp(0, 255)
+    bits = m.long().clamp(0, 8)  # posterize: keep the top `bits` bits
+    posterize = torch.bitwise_and(v.long(), (255 << (8 - bits)) & 255).float()
+    threshold = (255.0 * m).float()  # solarize: invert where x >= 255 * magnitude
+    solarize = torch.where(v >= threshold, 255.0 - v, v)
+    per_image = torch.stack([brightness, contrast, posterize, solarize, 255.0 - v.expand_as(solarize)])  # [5, B, 256]
+    kind = torch.full_like(op, -1)
+    for k, name in enumerate(("Brightness", "Contrast", "Posterize", "Solarize", "Invert")):
+        kind = torch.where(op == OP_ID[name], k, kind)
+    picked = per_image.gather(0, kind.clamp(min=0)[None, :, None].expand(1, -1, 256))[0]  # [B, 256]
+    lut = torch.where(kind[:, None] >= 0, picked, v).repeat_interleave(channels, dim=0)  # [B*C, 256]
+    per_channel_op = op.repeat_interleave(channels)[:, None]  # [B*C, 1]
+    lut = torch.where(per_channel_op == OP_ID["AutoContrast"], autocontrast_lut(hist), lut)
+    lut = torch.where(per_channel_op == OP_ID["Equalize"], equalize_lut(hist.long()).float(), lut)
+    return lut.to(torch.uint8)  # truncation toward zero, like torchvision's .to(uint8) after clamp
+
+
+def apply_lut(x: Tensor, lut: Tensor) -> Tensor:
+    """out[b, c, i, j] = lut[b*C + c, x[b, c, i, j]]. x: uint8 [B, C, H, W]; lut: uint8 [B*C, 256]."""
+    B, C, H, W = x.shape
+    return torch.gather(lut, 1, x.reshape(B * C, H * W).long()).view(B, C, H, W)
+
+
+# ---------------------------------------------------------------------------- blends: color and sharpness
+
+
+def gray_floor(xf: Tensor) -> Tensor:
+    """torchvision's luma, floored (as adjust_saturation/contrast do): float32 [B, 3, H, W] -> [B, 1, H, W].
+
+    xf holds uint8 values as float32: uint8 * float would take torch's slow mixed-dtype path, same values.
+    """
+    r, g, b = xf.unbind(1)
+    return r.mul(GRAY[0]).add_(g, alpha=GRAY[1]).add_(b, alpha=GRAY[2]).floor_()[:, None]
+
+
+def blur_3x3(xf: Tensor) -> Tensor:
+    """adjust_sharpness's degenerate image minus the image: round(blur) - x on the interior, 0 on the border.
+
+    The blur is [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13. Its 3x3 sums are integers below 2^24, so float32
+    holds them exactly in any summation order, and sum / 13 is never within 1/26 of a half: rounding
+    agrees with torchvision's float convolution exactly.
+
+    Args:
+        xf: float32 [B, C, H, W] holding uint8 values.
+
+    Returns:
+        float32 [B, C, H, W] of integers.
+    """
+    rows = xf[..., :-2] + xf[..., 1:-1] + xf[..., 2:]  # [B, C, H, W-2] horizontal 3-sums
+    sums = rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]  # [B, C, H-2, W-2] 3x3 sums
+    centre = xf[..., 1:-1, 1:-1]
+    out = torch.zeros_like(xf)
+    out[..., 1:-1, 1:-1] = sums.add_(centre, alpha=4.0).div_(13.0).round_().sub_(centre)
+    return out
+
+
+def blend(xf: Tensor, op: Tensor, magnitude: Tensor, gray: Tensor) -> Tensor:
+    """adjust_saturation (Color) and adjust_sharpness (Sharpness) per image; other images pass unchanged.
+
+    torchvision computes Color as x * f + (1 - f) * gray and Sharpness as x + (1 - f) * (blur - x), both
+    as `add_(alpha=1 - f)`, which CPU torch runs as one fused multiply-add. Here both are
+    p * x + alpha * (D - q * x) in float32 with two roundings (addcmul). The two can differ only where the
+    blend lands within one float32 ulp (~1.5e-5) of an integer before truncation; no pixel differed in
+    3 million random ones per op (tests/test_policy_ops.py allows 1 off on at most 0.01 % of pixels).
+
+    Args:
+        xf: float32 [B, 3, H, W] holding uint8 values. op: int64 [B]. magnitude: float64 [B].
+        gray: float32 [B, 1, H, W] (`gray_floor`).
+
+    Returns:
+        float32 [B, 3, H, W], clamped to [0, 255], not yet truncated.
+    """
+    is_color = (op == OP_ID["Color"])[:, None, None, None]
+    is_sharp = (op == OP_ID["Sharpness"])[:, None, None, None]
+    m = magnitude[:, None, None, None]
+    p = torch.where(is_color, (1.0 + m).float(), 1.0)  # [B, 1, 1, 1] float32: torchvision's float32(1 + magnitude)
+    alpha = torch.where(is_color | is_sharp, (-m).float(), 0.0)  # float32(1 - factor) = -magnitude exactly
+    degenerate = torch.where(is_sharp, blur_3x3(xf), gray)  # D - q * x, integers, exact in float32
+    return torch.addcmul(xf * p, degenerate, alpha).clamp_(0, 255)
+
+
+# ---------------------------------------------------------------------------- one slot
+
+
+def apply_op(x: Tensor, op: Tensor, magnitude: Tensor) -> Tensor:
+    """Image b gets torchvision's op OPS[op[b]] with signed magnitude magnitude[b].
+
+    Args:
+        x: uint8 [B, 3, H, W], any memory format.
+        op: int64 [B] indices into OPS. magnitude: float [B], torchvision's units (see the module docstring).
+
+    Returns:
+        uint8 [B, 3, H, W] NCHW (contiguous).
+    """
+    B, C, H, W = x.shape
+    x = x.contiguous()
+    magnitude = magnitude.double()
+    # non-geometric images get the identity matrix, whose nearest source pixel is the pixel itself, exactly
+    x = warp_nearest(x, inverse_affine(op, magnitude, H, W))
+    # from here geometric images only pass through (identity table, not a blend)
+    xf = x.float()
+    gray = gray_floor(xf)  # [B, 1, H, W]
+    gray_mean = gray.sum(dim=(1, 2, 3)) / (H * W)  # integers below 2^24: the sum is exact in any order
+    lut = pointwise_lut(op, magnitude, histograms(x), gray_mean, C)
+    out = apply_lut(x, lut)
+    blended = blend(xf, op, magnitude, gray).to(torch.uint8)  # truncation, like torchvision's .to(uint8)
+    return torch.where(_is(op, *BLENDS)[:, None, None, None], blended, out)
