@@ -136,7 +136,7 @@ class GpuAugment:
         x = self.to_model_input(x, size, box)
         if not self.mixing:
             return x, labels
-        return self.mix(x, labels, self.sample_mix(x.shape[-1], x.device))
+        return self.mix(x, labels, self.sample_mix(x.shape[-1], x.device, x.shape[0]))
 
     def eval_batch(self, images: Tensor) -> Tensor:
         """Resize + normalize only, no randomness. uint8 [B, 3, H, W] -> [B, 3, S, S] out_dtype, channels_last."""
@@ -221,9 +221,15 @@ class GpuAugment:
 
     # ------------------------------------------------------------------ mixup / cutmix
 
-    def sample_mix(self, size: int, device: torch.device) -> MixParams:
-        """Draw one batch's mix: whether to mix (mix_prob), mixup or cutmix (mix_switch_prob), lambda ~ Beta."""
+    def sample_mix(self, size: int, device: torch.device, batch: int | None = None) -> MixParams:
+        """Draw one batch's mix: whether to mix (mix_prob), mixup or cutmix (mix_switch_prob), lambda ~ Beta.
+
+        With mix_mode elem (and `batch` given) every image draws its own coin, lambda and mixup/cutmix
+        choice (timm's elem mode), see `_sample_mix_elem`.
+        """
         cfg = self.cfg
+        if cfg.mix_mode == "elem" and batch is not None:
+            return self._sample_mix_elem(batch, size, device)
         lam = other = None
         use_cut = torch.full((), cfg.mixup_alpha == 0, device=device)
         if cfg.mixup_alpha > 0:
@@ -242,11 +248,36 @@ class GpuAugment:
         on = torch.rand((), device=device) < cfg.mix_prob
         return MixParams(torch.where(on, other, 0.0), torch.where(on, lam, 1.0), mixed=on, cutmix=use_cut)
 
+    def _sample_mix_elem(self, batch: int, size: int, device: torch.device) -> MixParams:
+        """Per-image mix draws: other_weight [B, 1, 1, 1] (mixup only) or [B, 1, S, S], lam / mixed / cutmix [B].
+
+        Image i's own-label weight lam[i] pairs with its partner's image (`augment_ops.partner_index`);
+        both images of a pair draw independently.
+        """
+        cfg = self.cfg
+        lam = torch.ones(batch, device=device)
+        other = torch.zeros(batch, 1, 1, 1, device=device)
+        use_cut = torch.full((batch,), cfg.mixup_alpha == 0, device=device)
+        if cfg.mixup_alpha > 0:
+            other = (1 - _beta(cfg.mixup_alpha, device, (batch,))).to(self.out_dtype).float()[:, None, None, None]
+            lam = 1 - other.view(batch)
+        if cfg.cutmix_alpha > 0:
+            side = (size * torch.sqrt(1 - _beta(cfg.cutmix_alpha, device, (batch,)))).long()
+            cy, cx = torch.randint(0, size, (2, batch), device=device)
+            box, area = _box_maps(size, cy, cx, side)  # [B, 1, S, S], [B]
+            if cfg.mixup_alpha > 0:
+                use_cut = torch.rand(batch, device=device) < cfg.mix_switch_prob
+            other = torch.where(use_cut[:, None, None, None], box, other)
+            lam = torch.where(use_cut, 1 - area, lam)
+        on = torch.rand(batch, device=device) < cfg.mix_prob
+        return MixParams(torch.where(on[:, None, None, None], other, 0.0), torch.where(on, lam, 1.0), on, use_cut)
+
     def mix(self, x: Tensor, labels: Tensor, p: MixParams) -> tuple[Tensor, Tensor]:
         """Mix x in place with its partner (see `augment_ops.partner_index`); soft labels float32 [B, C]."""
         partner = ops.partner_index(x.shape[0], x.device)
         one_hot = F.one_hot(labels, self.num_classes).float()  # [B, C]
-        targets = p.lam * one_hot + (1 - p.lam) * one_hot[partner]
+        lam = p.lam[:, None] if p.lam.dim() else p.lam  # [B, 1] per image (mix_mode elem) or a scalar
+        targets = lam * one_hot + (1 - lam) * one_hot[partner]
         return ops.mix_(x, p.other_weight), targets
 
     # ------------------------------------------------------------------ helpers
@@ -257,12 +288,65 @@ class GpuAugment:
         return self._consts[device]
 
 
+TTA_MODES = ("none", "flip", "flip_translate")
+
+
+def tta_batches(images: Tensor, prepare, mode: str | bool) -> list[tuple[Tensor, int, float]]:
+    """The evaluation views of one batch, grouped for `eval_pass`: [(x, views, weight), ...].
+
+    Each x is [views * B, 3, S, S] (the views stacked along the batch: one forward scores them all); the
+    prediction is the weighted mean over entries of the mean softmax over each entry's views. Modes:
+        none: [(x, 1, 1.0)]
+        flip: [(x + mirror, 2, 1.0)]
+        flip_translate: airbench's: [(x + mirror, 2, 0.5), (1 px up-left + mirror, 2, 0.25),
+            (1 px down-right + mirror, 2, 0.25)]; translates shift the stored image by 1 px with
+            reflect padding (uint8, before resize), so they cost two more forwards of 2B images.
+
+    Args:
+        images: uint8 [B, 3, H, W] as loaders yield them (any dtype works for none / flip).
+        prepare: images -> model input [B, 3, S, S] (`GpuAugment.eval_batch`).
+        mode: one of TTA_MODES; True / False mean flip / none.
+    """
+    mode = {True: "flip", False: "none"}.get(mode, mode)
+    if mode not in TTA_MODES:
+        raise FastcifarError(f"train.tta must be one of {', '.join(TTA_MODES)}, got {mode!r}.")
+
+    def with_mirror(x: Tensor) -> Tensor:
+        return torch.cat([x, torch.flip(x, dims=[3])])  # [2B, 3, S, S], the mirror flipped along W
+
+    x = prepare(images)
+    if mode == "none":
+        return [(x, 1, 1.0)]
+    if mode == "flip":
+        return [(with_mirror(x), 2, 1.0)]
+    B = images.shape[0]
+    out = [(with_mirror(x), 2, 0.5)]
+    for shift in (-1, 1):  # airbench: the 1 px reflect-padded crops at (0, 0) and (2, 2)
+        off = torch.full((B,), shift, dtype=torch.long, device=images.device)
+        no = torch.zeros(B, dtype=torch.bool, device=images.device)
+        moved = ops.crop_flip(images, off, off, no, no, 1, "reflect")
+        out.append((with_mirror(prepare(moved)), 2, 0.25))
+    return out
+
+
 def _uniform(shape, lo: float, hi: float, device: torch.device) -> Tensor:
     return lo + (hi - lo) * torch.rand(shape, device=device)
 
 
-def _beta(alpha: float, device: torch.device) -> Tensor:
-    a = torch.full((), float(alpha), device=device)
+def _box_maps(size: int, cy: Tensor, cx: Tensor, cut: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-image cutmix boxes like `augment_ops.box_map`: [B, 1, S, S] float32 ones inside, area fractions [B]."""
+    y0, x0 = cy - cut // 2, cx - cut // 2
+    y0, y1 = y0.clamp(0, size), (y0 + cut).clamp(0, size)
+    x0, x1 = x0.clamp(0, size), (x0 + cut).clamp(0, size)
+    i = torch.arange(size, device=cy.device)
+    rows = (i >= y0[:, None]) & (i < y1[:, None])  # [B, S]
+    cols = (i >= x0[:, None]) & (i < x1[:, None])
+    area = ((y1 - y0) * (x1 - x0)).float() / float(size * size)
+    return (rows[:, :, None] & cols[:, None, :]).float()[:, None], area
+
+
+def _beta(alpha: float, device: torch.device, shape: tuple[int, ...] = ()) -> Tensor:
+    a = torch.full(shape, float(alpha), device=device)
     return torch.distributions.Beta(a, a, validate_args=False).sample()  # validation would sync with the host
 
 

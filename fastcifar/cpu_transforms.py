@@ -102,7 +102,7 @@ class CpuTransform:
                                              interpolation=InterpolationMode.BILINEAR, antialias=False))
         else:
             tail.append(v2.Resize([cfg.image_size] * 2, interpolation=InterpolationMode.BILINEAR, antialias=True))
-        self.head, self.pipeline = v2.Compose(head), v2.Compose(tail)
+        self.head, self.pipeline = v2.Compose(head or [v2.Identity()]), v2.Compose(tail)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

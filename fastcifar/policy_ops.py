@@ -98,7 +98,7 @@ def source_pixels(matrix: Tensor, height: int, width: int) -> tuple[Tensor, Tens
     theta = matrix.float()[:, :, None, None]  # [B, 6, 1, 1]
     xs = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, steps=width, device=dev)[None, None, :]
     ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, steps=height, device=dev)[None, :, None]
-    half_w, half_h = torch.tensor(0.5 * width), torch.tensor(0.5 * height)  # float32, as torchvision divides
+    half_w, half_h = 0.5 * width, 0.5 * height  # applied as float32, as torchvision's div_ by a float32 tensor
     gx = (xs * (theta[:, 0] / half_w) + ys * (theta[:, 1] / half_w)) + theta[:, 2] / half_w  # [B, H, W]
     gy = (xs * (theta[:, 3] / half_h) + ys * (theta[:, 4] / half_h)) + theta[:, 5] / half_h
     ix = ((gx + 1) * (width / 2) - 0.5).round_()
@@ -217,44 +217,53 @@ def blur_3x3(xf: Tensor) -> Tensor:
 
     The blur is [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13. Its 3x3 sums are integers below 2^24, so float32
     holds them exactly in any summation order, and sum / 13 is never within 1/26 of a half: rounding
-    agrees with torchvision's float convolution exactly.
+    agrees with torchvision's float convolution exactly. The sums run on the flat buffer with shifts of
+    1 and W (contiguous 1-D adds, several times faster on CPU than 2-D slices); they are wrong only on
+    border pixels, which the interior mask zeroes.
 
     Args:
-        xf: float32 [B, C, H, W] holding uint8 values.
+        xf: float32 [B, C, H, W] contiguous, holding uint8 values.
 
     Returns:
         float32 [B, C, H, W] of integers.
     """
-    rows = xf[..., :-2] + xf[..., 1:-1] + xf[..., 2:]  # [B, C, H, W-2] horizontal 3-sums
-    sums = rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]  # [B, C, H-2, W-2] 3x3 sums
-    centre = xf[..., 1:-1, 1:-1]
-    out = torch.zeros_like(xf)
-    out[..., 1:-1, 1:-1] = sums.add_(centre, alpha=4.0).div_(13.0).round_().sub_(centre)
-    return out
+    B, C, H, W = xf.shape
+    flat = xf.view(-1)
+    rows = flat[:-2] + flat[1:-1] + flat[2:]  # rows[k]: 3-sum centred on k + 1
+    sums = rows[: -2 * W] + rows[W:-W] + rows[2 * W :]  # 3x3 sum centred on k + 1 + W
+    centre = flat[W + 1 : W + 1 + sums.numel()]
+    out = torch.empty_like(xf)
+    out_flat = out.view(-1)
+    out_flat[: W + 1] = 0  # the two ends the shifted sums do not reach: border pixels
+    out_flat[W + 1 + sums.numel() :] = 0
+    torch.sub(sums.add_(centre, alpha=4.0).div_(13.0).round_(), centre, out=out_flat[W + 1 : W + 1 + sums.numel()])
+    interior = torch.zeros(H, W, device=xf.device)
+    interior[1:-1, 1:-1] = 1.0
+    return out.mul_(interior)
 
 
 def blend(xf: Tensor, op: Tensor, magnitude: Tensor, gray: Tensor) -> Tensor:
     """adjust_saturation (Color) and adjust_sharpness (Sharpness) per image; other images pass unchanged.
 
     torchvision computes Color as x * f + (1 - f) * gray and Sharpness as x + (1 - f) * (blur - x), both
-    as `add_(alpha=1 - f)`, which CPU torch runs as one fused multiply-add. Here both are
-    p * x + alpha * (D - q * x) in float32 with two roundings (addcmul). The two can differ only where the
-    blend lands within one float32 ulp (~1.5e-5) of an integer before truncation; no pixel differed in
-    3 million random ones per op (tests/test_policy_ops.py allows 1 off on at most 0.01 % of pixels).
+    with `add_(alpha=1 - f)`, which CPU torch runs as one fused multiply-add. Here both are
+    p * x + alpha * D in float32 with two roundings (addcmul), D = gray or blur - x. The two can differ
+    only where the blend lands within one float32 ulp (~1.5e-5) of an integer before truncation; no pixel
+    differed in 3 million random ones per op (tests/test_policy_ops.py allows 1 off on 0.01 % of pixels).
 
     Args:
         xf: float32 [B, 3, H, W] holding uint8 values. op: int64 [B]. magnitude: float64 [B].
         gray: float32 [B, 1, H, W] (`gray_floor`).
 
     Returns:
-        float32 [B, 3, H, W], clamped to [0, 255], not yet truncated.
+        float32 [B, 3, H, W], clamped to [0, 255], not yet truncated; exactly xf for other ops.
     """
     is_color = (op == OP_ID["Color"])[:, None, None, None]
-    is_sharp = (op == OP_ID["Sharpness"])[:, None, None, None]
     m = magnitude[:, None, None, None]
     p = torch.where(is_color, (1.0 + m).float(), 1.0)  # [B, 1, 1, 1] float32: torchvision's float32(1 + magnitude)
-    alpha = torch.where(is_color | is_sharp, (-m).float(), 0.0)  # float32(1 - factor) = -magnitude exactly
-    degenerate = torch.where(is_sharp, blur_3x3(xf), gray)  # D - q * x, integers, exact in float32
+    alpha = torch.where(_is(op, *BLENDS)[:, None, None, None], (-m).float(), 0.0)  # float32(1 - f) = -magnitude
+    # D: blur - x, or gray for Color images (lerp with weight exactly 0 or 1 selects a side exactly)
+    degenerate = blur_3x3(xf).lerp_(gray.expand_as(xf), is_color.float())
     return torch.addcmul(xf * p, degenerate, alpha).clamp_(0, 255)
 
 
@@ -272,15 +281,14 @@ def apply_op(x: Tensor, op: Tensor, magnitude: Tensor) -> Tensor:
         uint8 [B, 3, H, W] NCHW (contiguous).
     """
     B, C, H, W = x.shape
-    x = x.contiguous()
     magnitude = magnitude.double()
-    # non-geometric images get the identity matrix, whose nearest source pixel is the pixel itself, exactly
-    x = warp_nearest(x, inverse_affine(op, magnitude, H, W))
-    # from here geometric images only pass through (identity table, not a blend)
+    # 1. geometry; other images get the identity matrix, whose nearest source pixel is the pixel itself
+    x = warp_nearest(x.contiguous(), inverse_affine(op, magnitude, H, W))
+    # 2. blends; every other image comes out exactly as it went in (weight 0, then truncation of an integer)
     xf = x.float()
     gray = gray_floor(xf)  # [B, 1, H, W]
+    y = blend(xf, op, magnitude, gray).to(torch.uint8)  # truncation, like torchvision's .to(uint8)
+    # 3. tables, from the statistics of x (equal to y for every image with a table op), applied to y
     gray_mean = gray.sum(dim=(1, 2, 3)) / (H * W)  # integers below 2^24: the sum is exact in any order
     lut = pointwise_lut(op, magnitude, histograms(x), gray_mean, C)
-    out = apply_lut(x, lut)
-    blended = blend(xf, op, magnitude, gray).to(torch.uint8)  # truncation, like torchvision's .to(uint8)
-    return torch.where(_is(op, *BLENDS)[:, None, None, None], blended, out)
+    return apply_lut(y, lut)

@@ -30,7 +30,7 @@ def announce(t: "Trainer") -> None:
     label = f"{cfg.data.dataset} ({cfg.data.label}, {t.data.num_classes} classes)" if cfg.data.dataset == "cifar100" else cfg.data.dataset
     c.print(f"data      {label}, loader {cfg.data.loader}, batch {cfg.data.batch_size} x {t.dist.world_size} process(es), {len(t.train_loader)} steps/epoch")
     splits = ", ".join(f"{name} {count}" for name, count in t.eval_counts.items())
-    c.print(f"eval      {splits} images (gpu loader), select on {t.selector.metric}{', flip TTA' if cfg.train.tta else ''}")
+    c.print(f"eval      {splits} images (gpu loader), select on {t.selector.metric}{f', {cfg.train.tta} TTA' if cfg.train.tta != 'none' else ''}")
     c.print(f"model     {cfg.model.name} ({cfg.model.head} head) at {cfg.augment.image_size} px on {t.device}, amp {cfg.train.amp}, compile {'on (' + cfg.train.compile_mode + ')' if cfg.train.compile else 'off'}")
     if t.teacher is not None:
         c.print(f"distill   teacher {cfg.distill.teacher} at {cfg.distill.teacher_image_size} px, T={cfg.distill.temperature}, alpha={cfg.distill.alpha}")

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fastcifar.augment import tta_batches
 from fastcifar.engine.metrics import confusion_matrix
 
 # (x, logits, targets) -> scalar loss; x is the augmented batch (the distillation teacher needs it).
@@ -90,7 +91,7 @@ def eval_pass(
     prepare: Callable[[Tensor], Tensor],
     autocast: AbstractContextManager,
     num_classes: int,
-    tta: bool = False,
+    tta: bool | str = False,
 ) -> dict[str, Tensor]:
     """Run `model` over every batch of `loader` and sum what top-1/top-5/loss need.
 
@@ -104,7 +105,8 @@ def eval_pass(
         prepare: uint8 images -> [B, 3, S, S] normalized float (`GpuAugment.eval_batch`).
         autocast: as in training.
         num_classes: C.
-        tta: horizontal-flip test-time augmentation.
+        tta: test-time augmentation, none | flip | flip_translate (True / False: flip / none); the views
+            come from `augment.tta_batches`.
 
     Returns:
         On the device: loss_sum float64 [], correct1 / correct5 / count int64 [], confusion int64 [C, C]
@@ -119,15 +121,15 @@ def eval_pass(
     count = torch.zeros((), dtype=torch.int64, device=device)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     for images, labels in loader:
-        x = prepare(images)  # [B, 3, S, S] float, channels_last
-        if tta:  # image and mirror in ONE forward: a second call of a CUDA-graphed model would overwrite the first output
-            x = torch.cat([x, torch.flip(x, dims=[3])])  # [2B, 3, S, S], the mirror flipped along W
-        with autocast:
-            logits = model(x)  # [B, C], or [2B, C] with TTA
-        log_probs = F.log_softmax(logits.float(), dim=1)  # float32
-        if tta:
-            pair = log_probs.view(2, -1, log_probs.shape[1])  # [2, B, C]
-            log_probs = torch.logsumexp(pair, dim=0) - math.log(2.0)  # log of the mean of the two softmaxes
+        parts = []  # log of the weighted mean softmax of each group of views, [B, C] float32
+        for x, views, weight in tta_batches(images, prepare, tta):  # x: [views * B, 3, S, S]; an image and its
+            with autocast:  # mirror go in ONE forward: a second call of a CUDA-graphed model overwrites the first output
+                logits = model(x)
+            log_probs = F.log_softmax(logits.float(), dim=1)  # used before the next forward
+            if views > 1:  # log of the mean of the views' softmaxes
+                log_probs = torch.logsumexp(log_probs.view(views, -1, log_probs.shape[1]), dim=0) - math.log(views)
+            parts.append(log_probs + math.log(weight) if weight != 1.0 else log_probs)
+        log_probs = parts[0] if len(parts) == 1 else torch.logsumexp(torch.stack(parts), dim=0)
         loss_sum += F.nll_loss(log_probs, labels, reduction="sum").double()
         top = log_probs.topk(k, dim=1).indices  # [B, k]
         correct5 += (top == labels[:, None]).any(dim=1).sum()

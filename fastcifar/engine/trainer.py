@@ -148,7 +148,7 @@ class Trainer:
         self.eval_counts["test"] = self.data.test_count
         d, out_dtype = self.data, input_dtype(cfg.train.amp)
         aug = remaining_augment(cfg.augment, self.train_loader)  # minus what a native ffcv/dali pipeline already did
-        self.augment = GpuAugment(aug, d.mean, d.std, d.num_classes, per_image_ops=not self.train_loader.per_image_ops_done, out_dtype=out_dtype)
+        self.augment = GpuAugment(aug, d.mean, d.std, d.num_classes, per_image_ops=not self.train_loader.per_image_ops_done, out_dtype=out_dtype, seed=cfg.train.seed)
         self.eval_augment = GpuAugment(cfg.augment, d.mean, d.std, d.num_classes, out_dtype=out_dtype)  # eval_batch: resize + normalize only
 
     def _build_model(self, weights_follow: bool) -> None:
@@ -258,6 +258,7 @@ class Trainer:
         spawn), and its step pays torch.compile and cuDNN autotuning."""
         loader, device = self.train_loader, self.device
         loader.set_epoch(epoch)  # same order on a resumed run
+        self.augment.set_epoch(epoch)  # alternating flips: the other half of the images is mirrored in odd epochs
         self.train_model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # sum of loss * B, stays on the device
         correct = torch.zeros((), dtype=torch.int64, device=device)
