@@ -166,3 +166,15 @@ def test_cutmix_elem_pastes_a_box_per_image_with_its_area_as_label_weight():
         pasted = (out[b] == x[partner[b]]).all(0) & (out[b] != x[b]).any(0)
         assert math.isclose(float(pasted.float().mean()), 1 - float(p.lam[b]), abs_tol=0.02)
     assert len(set(p.lam.tolist())) > 4
+
+
+def test_tta_config_modes_and_the_old_boolean_spelling():
+    from fastcifar.config import apply_overrides, from_dict
+    from fastcifar.errors import FastcifarError
+
+    assert from_dict({"train": {"tta": True}}).train.tta == "flip"
+    assert from_dict({"train": {"tta": False}}).train.tta == "none"
+    assert from_dict(apply_overrides({}, ["train.tta=flip_translate"])).train.tta == "flip_translate"
+    assert from_dict(apply_overrides({}, ["train.tta=true"])).train.tta == "flip"
+    with pytest.raises(FastcifarError, match="flip_translate"):
+        from_dict({"train": {"tta": "flip_translat"}})
