@@ -36,6 +36,25 @@ BLENDS = ("Color", "Sharpness")
 GRAY = (0.2989, 0.587, 0.114)  # torchvision's luma weights (rgb_to_grayscale)
 
 
+_SCRATCH: dict[tuple, Tensor] = {}
+
+
+def _scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A reused buffer per (name, shape, dtype, device). On CPU a fresh multi-MB tensor is page-faulted in on
+    every call (the int64 pixel indices cost more in faults than the gather itself); CUDA's caching
+    allocator would reuse the memory anyway. Contents are overwritten by each user before reading."""
+    key = (name, shape, dtype, device)
+    if key not in _SCRATCH:
+        _SCRATCH[key] = torch.empty(shape, dtype=dtype, device=device)
+    return _SCRATCH[key]
+
+
+def _pixel_index(x: Tensor) -> Tensor:
+    """uint8 [B, C, H, W] -> its values as int64 [B*C, H*W] (a scratch buffer: use before the next call)."""
+    B, C, H, W = x.shape
+    return _scratch("index", (B * C, H * W), torch.int64, x.device).copy_(x.reshape(B * C, H * W))
+
+
 def _is(op: Tensor, *names: str) -> Tensor:
     """[B] bool: op[b] is one of `names`."""
     out = torch.zeros_like(op, dtype=torch.bool)
@@ -129,10 +148,9 @@ def warp_nearest(x: Tensor, matrix: Tensor) -> Tensor:
 def histograms(x: Tensor) -> Tensor:
     """Per image and channel histogram of uint8 [B, C, H, W]: int32 [B*C, 256] (scatter_add_, no host sync)."""
     B, C, H, W = x.shape
-    flat = x.reshape(B * C, H * W).long()
     hist = torch.zeros(B * C, 256, dtype=torch.int32, device=x.device)
-    ones = torch.ones(B * C, H * W, dtype=torch.int32, device=x.device)  # contiguous: twice as fast as an expand on CPU
-    return hist.scatter_add_(1, flat, ones)
+    ones = _scratch("ones", (B * C, H * W), torch.int32, x.device).fill_(1)  # contiguous: 2x faster than an expand on CPU
+    return hist.scatter_add_(1, _pixel_index(x), ones)
 
 
 def equalize_lut(hist: Tensor) -> Tensor:
@@ -199,8 +217,7 @@ def pointwise_lut(op: Tensor, magnitude: Tensor, hist: Tensor, gray_mean: Tensor
 
 def apply_lut(x: Tensor, lut: Tensor) -> Tensor:
     """out[b, c, i, j] = lut[b*C + c, x[b, c, i, j]]. x: uint8 [B, C, H, W]; lut: uint8 [B*C, 256]."""
-    B, C, H, W = x.shape
-    return torch.gather(lut, 1, x.reshape(B * C, H * W).long()).view(B, C, H, W)
+    return torch.gather(lut, 1, _pixel_index(x)).view(x.shape)
 
 
 # ---------------------------------------------------------------------------- blends: color and sharpness
@@ -228,14 +245,16 @@ def blur_3x3(xf: Tensor) -> Tensor:
         xf: float32 [B, C, H, W] contiguous, holding uint8 values.
 
     Returns:
-        float32 [B, C, H, W] of integers.
+        float32 [B, C, H, W] of integers (a scratch buffer: use before the next call).
     """
     B, C, H, W = xf.shape
     flat = xf.view(-1)
-    rows = flat[:-2] + flat[1:-1] + flat[2:]  # rows[k]: 3-sum centred on k + 1
-    sums = rows[: -2 * W] + rows[W:-W] + rows[2 * W :]  # 3x3 sum centred on k + 1 + W
+    n = flat.numel()
+    rows = torch.add(flat[:-2], flat[1:-1], out=_scratch("rows", (n - 2,), xf.dtype, xf.device)).add_(flat[2:])
+    sums = torch.add(rows[: -2 * W], rows[W:-W], out=_scratch("sums", (n - 2 - 2 * W,), xf.dtype, xf.device))
+    sums.add_(rows[2 * W :])  # sums[k]: 3x3 sum centred on k + 1 + W; rows[k]: 3-sum centred on k + 1
     centre = flat[W + 1 : W + 1 + sums.numel()]
-    out = torch.empty_like(xf)
+    out = _scratch("blur", tuple(xf.shape), xf.dtype, xf.device)
     out_flat = out.view(-1)
     out_flat[: W + 1] = 0  # the two ends the shifted sums do not reach: border pixels
     out_flat[W + 1 + sums.numel() :] = 0
@@ -259,7 +278,8 @@ def blend(xf: Tensor, op: Tensor, magnitude: Tensor, gray: Tensor) -> Tensor:
         gray: float32 [B, 1, H, W] (`gray_floor`).
 
     Returns:
-        float32 [B, 3, H, W], clamped to [0, 255], not yet truncated; exactly xf for other ops.
+        float32 [B, 3, H, W] (a scratch buffer: use before the next call), clamped to [0, 255], not yet
+        truncated; exactly xf for other ops.
     """
     is_color = (op == OP_ID["Color"])[:, None, None, None]
     m = magnitude[:, None, None, None]
@@ -267,7 +287,8 @@ def blend(xf: Tensor, op: Tensor, magnitude: Tensor, gray: Tensor) -> Tensor:
     alpha = torch.where(_is(op, *BLENDS)[:, None, None, None], (-m).float(), 0.0)  # float32(1 - f) = -magnitude
     # D: blur - x, or gray for Color images (lerp with weight exactly 0 or 1 selects a side exactly)
     degenerate = blur_3x3(xf).lerp_(gray.expand_as(xf), is_color.float())
-    return torch.addcmul(xf * p, degenerate, alpha).clamp_(0, 255)
+    out = torch.mul(xf, p, out=_scratch("blend", tuple(xf.shape), xf.dtype, xf.device))
+    return out.addcmul_(degenerate, alpha).clamp_(0, 255)
 
 
 # ---------------------------------------------------------------------------- one slot
@@ -288,7 +309,7 @@ def apply_op(x: Tensor, op: Tensor, magnitude: Tensor) -> Tensor:
     # 1. geometry; other images get the identity matrix, whose nearest source pixel is the pixel itself
     x = warp_nearest(x.contiguous(), inverse_affine(op, magnitude, H, W))
     # 2. blends; every other image comes out exactly as it went in (weight 0, then truncation of an integer)
-    xf = x.float()
+    xf = _scratch("xf", (B, C, H, W), torch.float32, x.device).copy_(x)
     gray = gray_floor(xf)  # [B, 1, H, W]
     y = blend(xf, op, magnitude, gray).to(torch.uint8)  # truncation, like torchvision's .to(uint8)
     # 3. tables, from the statistics of x (equal to y for every image with a table op), applied to y
