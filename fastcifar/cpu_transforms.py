@@ -98,8 +98,9 @@ class CpuTransform:
         self.alternate = train and cfg.hflip_mode == "alternate"
         head, tail = _train_steps(cfg) if train else ([], [])
         if train and cfg.rrc_scale:
-            tail.append(v2.RandomResizedCrop([cfg.image_size] * 2, scale=tuple(cfg.rrc_scale), ratio=tuple(cfg.rrc_ratio),
-                                             interpolation=InterpolationMode.BILINEAR, antialias=False))
+            tail.append(v2.RandomResizedCrop([cfg.image_size] * 2, scale=tuple(cfg.rrc_scale),
+                                             ratio=tuple(cfg.rrc_ratio), interpolation=InterpolationMode.BILINEAR,
+                                             antialias=False))
         else:
             tail.append(v2.Resize([cfg.image_size] * 2, interpolation=InterpolationMode.BILINEAR, antialias=True))
         self.head, self.pipeline = v2.Compose(head or [v2.Identity()]), v2.Compose(tail)

@@ -22,7 +22,6 @@ and every image takes the result of the pass its op belongs to. Images are uint8
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 # torchvision's op names, in the order of RandAugment's augmentation space (+ Invert, used by AutoAugment).
@@ -37,6 +36,7 @@ GRAY = (0.2989, 0.587, 0.114)  # torchvision's luma weights (rgb_to_grayscale)
 
 
 _SCRATCH: dict[tuple, Tensor] = {}
+_ONES: dict[tuple, Tensor] = {}  # read-only sources of ones for the histograms
 
 
 def _scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -149,7 +149,9 @@ def histograms(x: Tensor) -> Tensor:
     """Per image and channel histogram of uint8 [B, C, H, W]: int32 [B*C, 256] (scatter_add_, no host sync)."""
     B, C, H, W = x.shape
     hist = torch.zeros(B * C, 256, dtype=torch.int32, device=x.device)
-    ones = _scratch("ones", (B * C, H * W), torch.int32, x.device).fill_(1)  # contiguous: 2x faster than an expand on CPU
+    ones = _ONES.get((B * C, H * W, x.device))
+    if ones is None:  # contiguous, made once: scatter_add_ runs 2x faster from it than from an expand on CPU
+        ones = _ONES[(B * C, H * W, x.device)] = torch.ones(B * C, H * W, dtype=torch.int32, device=x.device)
     return hist.scatter_add_(1, _pixel_index(x), ones)
 
 
