@@ -8,15 +8,16 @@ posterize: bits; solarize: threshold as a fraction of 255). Each op reproduces
 torchvision's auto-augment defaults (tests/test_policy_ops.py checks every op by value).
 
 No op branches on a value in Python and no shape depends on the data, so a slot is a fixed sequence of
-batched kernels whatever the draw; to keep it cheap the 15 ops share three passes:
+batched kernels whatever the draw; to keep it cheap the 15 ops share three passes, run in this order:
 
     geometric (shear, translate, rotate)   one nearest-neighbour gather with a per-image source index
+    blends (color, sharpness)              one float blend with a per-image degenerate image
     pointwise (brightness, contrast, posterize, solarize, autocontrast, equalize, invert, identity)
                                            one per-image-and-channel lookup table [B*C, 256], one gather
-    blends (color, sharpness)              one float blend with a per-image degenerate image
 
-and every image takes the result of the pass its op belongs to. Images are uint8 NCHW at the stored
-32 px; nothing here resizes.
+Every pass is the identity for images whose op belongs to another pass (identity matrix, blend weight 0,
+identity table), so no per-image selection is needed. Images are uint8 NCHW at the stored 32 px; nothing
+here resizes.
 """
 
 from __future__ import annotations
