@@ -251,7 +251,8 @@ def mix_(x: Tensor, other_weight: Tensor) -> Tensor:
     Args:
         x: [B, C, S, S] float, modified in place.
         other_weight: weight of the partner image, broadcastable to [B//2, C, S, S]: a scalar
-            tensor for mixup or a [1, 1, S, S] box map for cutmix; cast to x.dtype.
+            tensor for mixup or a [1, 1, S, S] box map for cutmix; or one per image (mix_mode elem):
+            [B, 1, 1, 1] or [B, 1, S, S], image i taking weight i; cast to x.dtype.
 
     Returns:
         x.
@@ -260,11 +261,13 @@ def mix_(x: Tensor, other_weight: Tensor) -> Tensor:
     half = B // 2
     a, b = x[:half], x[half : 2 * half]
     w = other_weight.to(x.dtype)
-    if w.dim() == 4:  # a map: lay it out like x, or the 3-long channel loop runs ~3x slower on CPU
-        w = w.expand(1, C, H, W).contiguous(memory_format=torch.channels_last)
+    if w.dim() == 4 and w.shape[-1] > 1:  # a map: lay it out like x, or the 3-long channel loop runs ~3x slower on CPU
+        w = w.expand(w.shape[0], C, H, W).contiguous(memory_format=torch.channels_last)
+    per_image = w.dim() == 4 and w.shape[0] == B and B > 1  # mix_mode elem: [B, ...], one weight (map) per image
+    w_a, w_b = (w[:half], w[half : 2 * half]) if per_image else (w, w)
     a_before = a.clone()
-    a.lerp_(b, w)
-    b.lerp_(a_before, w)
+    a.lerp_(b, w_a)
+    b.lerp_(a_before, w_b)
     return x
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -52,6 +53,8 @@ class AugmentConfig:
     crop_padding: int = 0  # random crop after padding by this many px (a translate); 0 = off
     pad_mode: str = "reflect"  # reflect | constant (zeros)
     hflip: float = 0.0  # probability of a horizontal mirror, per image
+    hflip_mode: str = "random"  # random | alternate (airbench: each image mirrored in every other epoch, which
+    # half first decided by (train.seed, the image's pixels); needs hflip: 0.5)
     vflip: float = 0.0  # probability of a vertical mirror, per image
     cutout: float = 0.0  # probability of one cutout hole, per image
     cutout_size: int = 8  # hole side at the stored 32 px resolution, px
@@ -64,13 +67,49 @@ class AugmentConfig:
     shift_limit: float = 0.0625  # fraction of the image side
     scale_limit: float = 0.1  # scale drawn from [1-s, 1+s]
     rotate_limit: float = 45.0  # degrees
+    policy: str = "none"  # none | randaugment | trivialaugment | autoaugment (CIFAR-10 policy): torchvision's
+    # auto-augment ops drawn per image on the device, at the stored 32 px, after crop/flip
+    policy_ops: int = 2  # randaugment: ops per image (N)
+    policy_magnitude: int = 9  # randaugment: magnitude bin (M) of torchvision's 31, 0..30
+    policy_magnitude_std: float = 0.0  # randaugment: timm's Gaussian noise on M per op, bins; .inf = uniform in [0, M]
+    rrc_scale: list[float] = field(default_factory=list)  # RandomResizedCrop: area fraction [lo, hi] of the
+    # stored image, cut and resized to image_size per image on the device; empty = off
+    rrc_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # RandomResizedCrop: aspect ratio [lo, hi]
     one_of: bool = False  # albumentations OneOf: each image gets exactly one op of
     # (ssr, cutout, jitter, hflip, vflip), picked with weights = their probabilities
     mixup_alpha: float = 0.0  # Beta(alpha, alpha) for mixup; 0 = off
     cutmix_alpha: float = 0.0  # Beta(alpha, alpha) for cutmix; 0 = off
     mix_prob: float = 1.0  # probability a batch is mixed (when either alpha > 0)
     mix_switch_prob: float = 0.5  # when both are on: probability of cutmix over mixup
+    mix_mode: str = "batch"  # batch: one draw per batch | elem: each image its own coin, lambda and mixup/cutmix
     normalize: bool = True  # subtract train mean, divide by train std (from the manifest)
+
+
+def _check_augment(config: "Config") -> None:
+    """The policy, RandomResizedCrop, alternating-flip and mix-mode fields: values their types cannot catch."""
+    aug = config.augment
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise FastcifarError(message)
+
+    need(1 <= aug.policy_ops <= 16, f"augment.policy_ops is RandAugment's ops per image, 1..16; got {aug.policy_ops}.")
+    need(0 <= aug.policy_magnitude <= 30,
+         f"augment.policy_magnitude is a bin of torchvision's 31 (0..30), got {aug.policy_magnitude}.")
+    need(aug.policy_magnitude_std >= 0,  # also refuses NaN
+         f"augment.policy_magnitude_std must be >= 0 bins (.inf = uniform in [0, M]), got {aug.policy_magnitude_std}.")
+    scale, ratio = aug.rrc_scale, aug.rrc_ratio
+    need(not scale or (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1),
+         f"augment.rrc_scale must be [] (off) or [lo, hi] with 0 < lo <= hi <= 1 (area fractions), got {scale}.")
+    need(len(ratio) == 2 and 0 < ratio[0] <= ratio[1] and all(map(math.isfinite, ratio)),
+         f"augment.rrc_ratio must be [lo, hi] with 0 < lo <= hi (width / height), got {ratio}.")
+    if aug.hflip_mode == "alternate":
+        need(aug.hflip == 0.5, "augment.hflip_mode: alternate mirrors each image in every other epoch, i.e. half "
+             f"the time; set augment.hflip: 0.5 (got {aug.hflip}).")
+        need(not aug.one_of, "augment.hflip_mode: alternate cannot be one of augment.one_of's choices; "
+             "set augment.one_of: false or augment.hflip_mode: random.")
+        need(not config.data.native_augment, "augment.hflip_mode: alternate needs the stored image to decide its "
+             "flip, which a native ffcv/dali pipeline has already cropped; set data.native_augment: false.")
 
 
 @dataclass
@@ -140,7 +179,8 @@ class TrainConfig:
     channels_last: bool = True  # the model's weight layout; batches from GpuAugment are channels_last always
     label_smoothing: float = 0.0
     ema_decay: float = 0.0  # exponential moving average of weights per step; 0 = off
-    tta: bool = False  # evaluate with the mean of the image and its mirror
+    tta: str = "none"  # none | flip (mean of the softmaxes of the image and its mirror) | flip_translate
+    # (airbench: also 1 px translates and their mirrors); true / false in older files mean flip / none
     select_metric: str = "auto"  # metric for `best`: auto = val_acc if val_split else test_acc
     init_from: str | None = None  # load weights only (run dir or checkpoint)
     eval_every: int = 1  # epochs between evaluations
@@ -170,12 +210,16 @@ CHOICES = {
     "data.ffcv_order": ("random", "quasi_random", "sequential"),
     "data.dali_encoding": DALI_ENCODINGS,
     "augment.pad_mode": ("reflect", "constant"),
+    "augment.policy": ("none", "randaugment", "trivialaugment", "autoaugment"),
+    "augment.hflip_mode": ("random", "alternate"),
+    "augment.mix_mode": ("batch", "elem"),
     "model.head": ("linear", "arcface", "cosface"),
     "optim.name": ("sgd", "adam", "adamw"),
     "schedule.name": ("cosine", "onecycle", "multistep", "constant"),
     "early_stop.mode": ("auto", "max", "min"),
     "train.amp": tuple(AMP_MODES),
     "train.compile_mode": ("default", "reduce-overhead", "max-autotune"),
+    "train.tta": ("none", "flip", "flip_translate"),
 }
 
 
@@ -338,14 +382,23 @@ def _check_rules(config: Config) -> None:
                              f"({config.train.epochs} train.epochs); lower it.")
 
 
+def _upgrade(data: dict) -> dict:
+    """Accept older spellings: train.tta true / false (before the TTA modes) means flip / none."""
+    train = data.get("train") if isinstance(data, dict) else None
+    if isinstance(train, dict) and isinstance(train.get("tta"), bool):
+        data = {**data, "train": {**train, "tta": "flip" if train["tta"] else "none"}}
+    return data
+
+
 def from_dict(data: dict) -> Config:
     """Validate a plain mapping (as parsed from YAML) into a Config."""
-    config = _build(Config, data or {}, "")
+    config = _build(Config, _upgrade(data or {}), "")
     for dotted in CHOICES:  # defaults were not checked by _build
         section, key = dotted.split(".")
         _check_value(dotted, getattr(getattr(config, section), key), str)
     _check_ranges(config)
     _check_rules(config)
+    _check_augment(config)
     return config
 
 

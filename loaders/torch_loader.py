@@ -66,6 +66,8 @@ class NpyDataset(Dataset):
         generator = torch.default_generator
         saved = generator.get_state()
         generator.manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_003 + i) % 2**63)
+        if getattr(self.transform, "takes_epoch", False):  # alternating flips depend on the epoch
+            self.transform.set_epoch(epoch)
         try:
             return self.transform(image), int(self.labels[i])
         finally:
@@ -197,7 +199,7 @@ def build(cfg: Config, split: str, *, train: bool, device: torch.device | str, r
     from fastcifar.cpu_transforms import cpu_transform
 
     images_path, labels_path = npy_paths(cfg, split)
-    dataset = NpyDataset(images_path, labels_path, cpu_transform(cfg.augment, train), seed=cfg.train.seed)
+    dataset = NpyDataset(images_path, labels_path, cpu_transform(cfg.augment, train, cfg.train.seed), seed=cfg.train.seed)
     indices = check_indices(indices, len(dataset))
     drop_last = drop_last_for(cfg, train)
     sampler = ShardSampler(len(dataset), seed=cfg.train.seed, rank=rank, world_size=world_size, train=train,

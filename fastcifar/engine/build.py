@@ -68,7 +68,8 @@ def train_input(cfg: Config, info, device: torch.device, rank: int = 0, world_si
 
     loader = build_loader(cfg, "train", train=True, device=device, rank=rank, world_size=world_size, indices=indices)
     augment = GpuAugment(remaining_augment(cfg.augment, loader), info.mean, info.std, info.num_classes,
-                         per_image_ops=not loader.per_image_ops_done, out_dtype=input_dtype(cfg.train.amp))
+                         per_image_ops=not loader.per_image_ops_done, out_dtype=input_dtype(cfg.train.amp),
+                         seed=cfg.train.seed)  # alternating flips are drawn from the seed
     return loader, augment
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fastcifar.augment import tta_batches
 from fastcifar.engine.metrics import confusion_matrix
 
 # (x, logits, targets) -> scalar loss; x is the augmented batch (the distillation teacher needs it).
@@ -163,7 +164,7 @@ def eval_pass(
     prepare: Callable[[Tensor], Tensor],
     autocast: AbstractContextManager,
     num_classes: int,
-    tta: bool = False,
+    tta: bool | str = False,
     pad_to: int | None = None,
 ) -> dict[str, Tensor]:
     """Run `model` over every batch of `loader` and sum what top-1/top-5/loss need.
@@ -178,7 +179,8 @@ def eval_pass(
         prepare: uint8 images -> [B, 3, S, S] normalized float (`GpuAugment.eval_batch`).
         autocast: as in training.
         num_classes: C.
-        tta: horizontal-flip test-time augmentation.
+        tta: test-time augmentation, none | flip | flip_translate (True / False: flip / none); the views
+            come from `augment.tta_batches`.
         pad_to: for a compiled model, the eval batch size: a smaller (last) batch is padded with zero images to
             this many rows, so the model only ever sees one static shape (never a second graph, never a symbolic
             one), and the padded rows are cut from the logits before anything is summed. The batch size is a
@@ -202,15 +204,15 @@ def eval_pass(
             padded = images.new_zeros((pad_to, *images.shape[1:])).contiguous(memory_format=torch.channels_last)
             padded[:n].copy_(images)  # [pad_to, 3, H, W] uint8, channels_last like every loader batch (same strides)
             images = padded
-        x = prepare(images)  # [B, 3, S, S] float, channels_last
-        if tta:  # image and mirror in ONE forward: a second call of a CUDA-graphed model would overwrite the first output
-            x = torch.cat([x, torch.flip(x, dims=[3])])  # [2B, 3, S, S], the mirror flipped along W
-        with autocast:
-            logits = model(x)  # [B, C], or [2B, C] with TTA
-        log_probs = F.log_softmax(logits.float(), dim=1)  # float32
-        if tta:
-            pair = log_probs.view(2, -1, log_probs.shape[1])  # [2, B, C]
-            log_probs = torch.logsumexp(pair, dim=0) - math.log(2.0)  # log of the mean of the two softmaxes
+        parts = []  # log of the weighted mean softmax of each group of views, [B, C] float32
+        for x, views, weight in tta_batches(images, prepare, tta):  # x: [views * B, 3, S, S]; an image and its
+            with autocast:  # mirror go in ONE forward: a second call of a CUDA-graphed model overwrites the first output
+                logits = model(x)
+            log_probs = F.log_softmax(logits.float(), dim=1)  # used before the next forward
+            if views > 1:  # log of the mean of the views' softmaxes
+                log_probs = torch.logsumexp(log_probs.view(views, -1, log_probs.shape[1]), dim=0) - math.log(views)
+            parts.append(log_probs + math.log(weight) if weight != 1.0 else log_probs)
+        log_probs = parts[0] if len(parts) == 1 else torch.logsumexp(torch.stack(parts), dim=0)
         log_probs = log_probs[:n]  # [n, C]: padded rows never reach a sum (a view; no-op without padding)
         loss_sum += F.nll_loss(log_probs, labels, reduction="sum").double()
         top = log_probs.topk(k, dim=1).indices  # [B, k]

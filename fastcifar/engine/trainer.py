@@ -287,6 +287,7 @@ class Trainer:
         spawn), and its step pays torch.compile and cuDNN autotuning."""
         loader, device = self.train_loader, self.device
         loader.set_epoch(epoch)  # same order on a resumed run
+        self.augment.set_epoch(epoch)  # alternating flips: the other half of the images is mirrored in odd epochs
         self.train_model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # sum of loss * B, stays on the device
         correct = torch.zeros((), dtype=torch.int64, device=device)
