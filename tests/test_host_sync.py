@@ -231,7 +231,8 @@ def shrink(cfg: Config, device: str = "cpu", teacher: str | None = None, model_n
     d["augment"]["scales"] = sorted(
         {_side(s) for s in d["augment"]["scales"]} | ({SMALL, LARGE} if d["augment"]["scales"] else set())
     )
-    d["data"].update(batch_size=BATCH, eval_batch_size=BATCH, workers=0, val_split=0, loader="gpu")
+    val_split = BATCH if d["data"]["val_split"] else 0  # a config selecting on val_* keeps a (tiny) val split
+    d["data"].update(batch_size=BATCH, eval_batch_size=BATCH, workers=0, val_split=val_split, loader="gpu")
     d["train"].update(device=device, compile=False, amp="none" if device == "cpu" else d["train"]["amp"])
     if d["distill"]["teacher"]:
         d["distill"].update(teacher=teacher, teacher_image_size=_side(d["distill"]["teacher_image_size"]))
