@@ -17,7 +17,8 @@ setup(
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",
-        "timm>=1.0.31",  # model_args / data_config in save_for_hf and resolve_model_input_args (fastcifar export, img_size)
+        # model_args / data_config in save_for_hf and resolve_model_input_args (fastcifar export, img_size)
+        "timm>=1.0.31",
         "huggingface_hub>=0.23",  # hf-hub: names, the offline error, export --push (timm needs it too)
         "safetensors>=0.4",  # weight files in and out
         "numba>=0.60",

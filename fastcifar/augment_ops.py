@@ -134,7 +134,9 @@ def shift_scale_rotate(x: Tensor, theta: Tensor, mask: Tensor, padding_mode: str
     """
     B, C, H, W = x.shape
     xf = x.to(torch.float32, memory_format=torch.contiguous_format)
-    warped = F.grid_sample(xf, affine_grid(theta, H, W), mode="bilinear", padding_mode=padding_mode, align_corners=False)
+    warped = F.grid_sample(
+        xf, affine_grid(theta, H, W), mode="bilinear", padding_mode=padding_mode, align_corners=False
+    )
     warped = torch.where(mask[:, None, None, None], warped, xf)  # unmasked: exact integers, survive the round
     return warped.round_().clamp_(0, 255).to(torch.uint8)
 

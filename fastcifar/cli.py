@@ -48,8 +48,8 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
 
     path = write_synthetic(args.dataset, _root(args), train=args.train, test=args.test, seed=args.seed)
     console.print(
-        f"[yellow]SYNTHETIC[/] {args.dataset} stand-in ({args.train} train / {args.test} test images, seed {args.seed}) "
-        f"written to {path}; it is for tests and offline demos, not for accuracy claims."
+        f"[yellow]SYNTHETIC[/] {args.dataset} stand-in ({args.train} train / {args.test} test images, "
+        f"seed {args.seed}) written to {path}; it is for tests and offline demos, not for accuracy claims."
     )
 
 
@@ -122,13 +122,18 @@ def cmd_configs(args: argparse.Namespace) -> None:
     table.add_column("description (first sentence)", ratio=1)
     for name in sorted(packaged_configs()):
         cfg = load_config(name)
-        table.add_row(name, cfg.data.dataset, cfg.model.name, str(cfg.augment.image_size), str(cfg.train.epochs), first_sentence(cfg.description))
+        table.add_row(
+            name, cfg.data.dataset, cfg.model.name, str(cfg.augment.image_size), str(cfg.train.epochs),
+            first_sentence(cfg.description),
+        )
     console.print(table)
 
 
 def _train_overrides(args: argparse.Namespace) -> list[str]:
     overrides = list(args.set or [])
-    for flag, key in (("loader", "data.loader"), ("root", "data.root"), ("epochs", "train.epochs"), ("device", "train.device")):
+    for flag, key in (
+        ("loader", "data.loader"), ("root", "data.root"), ("epochs", "train.epochs"), ("device", "train.device")
+    ):
         value = getattr(args, flag)
         if value is not None:  # JSON is YAML: a path with '#' or ': ' stays one string
             overrides.append(f"{key}={json.dumps(value)}")
@@ -144,7 +149,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         from fastcifar.engine.trainer import train
 
         if args.config or args.dump_config:
-            raise FastcifarError("--resume continues the run's saved config: drop the config name (and --dump-config); see the run's config.yaml.")
+            raise FastcifarError(
+                "--resume continues the run's saved config: drop the config name (and --dump-config); "
+                "see the run's config.yaml."
+            )
         train(None, resume=args.resume, overrides=_train_overrides(args))  # only where it runs may change
         return
     if not args.config:
@@ -194,12 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fastcifar {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    data = commands.add_parser("data", help="download, synthesize, prepare and inspect datasets", formatter_class=RichHelpFormatter)
+    data = commands.add_parser(
+        "data", help="download, synthesize, prepare and inspect datasets", formatter_class=RichHelpFormatter
+    )
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    download = data_commands.add_parser("download", help="download an official CIFAR archive (md5-checked)", formatter_class=RichHelpFormatter)
-    synth = data_commands.add_parser("synth", help="write a small SYNTHETIC stand-in in the official pickle layout", formatter_class=RichHelpFormatter)
-    prepare = data_commands.add_parser("prepare", help="write the npy / ffcv / dali formats the loaders read", formatter_class=RichHelpFormatter)
-    info = data_commands.add_parser("info", help="what is downloaded and prepared under the root", formatter_class=RichHelpFormatter)
+    download = data_commands.add_parser("download", help="download an official CIFAR archive (md5-checked)",
+                                        formatter_class=RichHelpFormatter)
+    synth = data_commands.add_parser("synth", help="write a small SYNTHETIC stand-in in the official pickle layout",
+                                     formatter_class=RichHelpFormatter)
+    prepare = data_commands.add_parser("prepare", help="write the npy / ffcv / dali formats the loaders read",
+                                       formatter_class=RichHelpFormatter)
+    info = data_commands.add_parser("info", help="what is downloaded and prepared under the root",
+                                    formatter_class=RichHelpFormatter)
     verify = data_commands.add_parser("verify", help="recompute the sha256 of every prepared file; name damaged ones",
                                       formatter_class=RichHelpFormatter)
     for sub in (download, synth, prepare):
@@ -228,9 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     configs = commands.add_parser("configs", help="list the packaged configs", formatter_class=RichHelpFormatter)
     configs.set_defaults(func=cmd_configs)
 
-    train = commands.add_parser("train", help="train a config (a packaged name or a YAML path)", formatter_class=RichHelpFormatter)
+    train = commands.add_parser("train", help="train a config (a packaged name or a YAML path)",
+                                formatter_class=RichHelpFormatter)
     train.add_argument("config", nargs="?", help="packaged config name (see `fastcifar configs`) or YAML path")
-    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. --set optim.lr=0.01 (repeatable)")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config field, e.g. --set optim.lr=0.01 (repeatable)")
     train.add_argument("--loader", choices=tuple(LOADERS), help="shortcut for --set data.loader=...")
     train.add_argument("--root", help=ROOT_HELP)
     train.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=...")
@@ -247,19 +263,26 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--root", help=ROOT_HELP)
     evaluate.set_defaults(func=cmd_eval)
 
-    export = commands.add_parser("export", help="write a run's weights in timm's format (model.safetensors + config.json)", formatter_class=RichHelpFormatter)
+    export = commands.add_parser(
+        "export", help="write a run's weights in timm's format (model.safetensors + config.json)",
+        formatter_class=RichHelpFormatter,
+    )
     export.add_argument("target", help="run directory or checkpoint file")
-    export.add_argument("out_dir", help="folder to create; load it with timm.create_model('local-dir:OUT_DIR', pretrained=True)")
-    export.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None, help="EMA or raw weights (default: what eval used)")
+    export.add_argument("out_dir",
+                        help="folder to create; load it with timm.create_model('local-dir:OUT_DIR', pretrained=True)")
+    export.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                        help="EMA or raw weights (default: what eval used)")
     export.add_argument("--push", metavar="ORG/NAME", help="also upload the folder to this Hugging Face model repo")
     export.add_argument("--root", help=ROOT_HELP)
     export.set_defaults(func=cmd_export)
 
-    results = commands.add_parser("results", help="seed-style table over run directories", formatter_class=RichHelpFormatter)
+    results = commands.add_parser("results", help="seed-style table over run directories",
+                                  formatter_class=RichHelpFormatter)
     results.add_argument("dirs", nargs="*", help="folders searched recursively for runs (default: runs)")
     results.set_defaults(func=cmd_results)
 
-    bench = commands.add_parser("bench", help="loader / model / end-to-end throughput report", formatter_class=RichHelpFormatter)
+    bench = commands.add_parser("bench", help="loader / model / end-to-end throughput report",
+                                formatter_class=RichHelpFormatter)
     _add_bench_arguments(bench)
     bench.set_defaults(func=cmd_bench)
     return parser
@@ -283,12 +306,13 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as error:  # torch.OutOfMemoryError is one; anything else keeps its traceback
         if "out of memory" not in str(error):
             raise
-        console.print("[bold red]error:[/] the device ran out of memory; lower data.batch_size (or data.eval_batch_size, "
-                      "augment.image_size), e.g. --set data.batch_size=128.", highlight=False)
+        console.print("[bold red]error:[/] the device ran out of memory; lower data.batch_size "
+                      "(or data.eval_batch_size, augment.image_size), e.g. --set data.batch_size=128.", highlight=False)
         return 2
     except OSError as error:  # unwritable --root, full disk, missing folder: the file system's own words
         where = f" '{error.filename}'" if error.filename else ""
-        console.print(f"[bold red]error:[/] {error.strerror or error}{where}; choose a writable --root or free some space.", highlight=False)
+        console.print(f"[bold red]error:[/] {error.strerror or error}{where}; "
+                      f"choose a writable --root or free some space.", highlight=False)
         return 2
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")

@@ -74,8 +74,9 @@ def export_run(
     cfg = from_dict(state["config"])
     if cfg.model.cifar_stem:
         raise FastcifarError(
-            f"Run '{path.parent}' uses model.cifar_stem, a stride-1 stem without max-pool that no timm argument builds, "
-            f"so plain timm could not rebuild it; load it with fastcifar, or train with model.cifar_stem: false to export."
+            f"Run '{path.parent}' uses model.cifar_stem, a stride-1 stem without max-pool that no timm argument "
+            f"builds, so plain timm could not rebuild it; load it with fastcifar, or train with model.cifar_stem: "
+            f"false to export."
         )
     if root is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(root)))
@@ -194,7 +195,8 @@ def _check_same(model: nn.Module, timm_model: nn.Module, cfg: Config) -> None:
     if got.shape != want.shape or not torch.allclose(got, want, rtol=_TOLERANCE, atol=_TOLERANCE):
         raise FastcifarError(
             f"The plain timm '{cfg.model.name}' does not reproduce the run's logits (largest difference "
-            f"{(got - want).abs().max().item() if got.shape == want.shape else 'shape'}); it cannot be exported as a timm model."
+            f"{(got - want).abs().max().item() if got.shape == want.shape else 'shape'}); "
+            f"it cannot be exported as a timm model."
         )
 
 
@@ -262,8 +264,9 @@ def model_card(folder: Path, cfg: Config, extra: dict, data_config: dict) -> str
     return (
         f"---\nlibrary_name: timm\ntags:\n- image-classification\n- timm\n- fastcifar\n---\n"
         f"# {cfg.name}\n\n{cfg.description}\n\n"
-        f"Trained with fastcifar on {data}, {extra['epoch']} epochs, `{cfg.model.name}` at {data_config['input_size'][-1]} px, "
-        f"{extra['head']} head. Inputs: {data_config['input_size'][-1]} px, mean {json.dumps([round(m, 6) for m in data_config['mean']])}, "
+        f"Trained with fastcifar on {data}, {extra['epoch']} epochs, `{cfg.model.name}` at "
+        f"{data_config['input_size'][-1]} px, {extra['head']} head. Inputs: {data_config['input_size'][-1]} px, "
+        f"mean {json.dumps([round(m, 6) for m in data_config['mean']])}, "
         f"std {json.dumps([round(s, 6) for s in data_config['std']])} on the 0-1 scale (config.json holds them).\n\n"
         f"```python\n{load}```\n"
     )

@@ -62,7 +62,8 @@ class MarginHead(nn.Module):
         drop_rate: dropout on the pooled features before the embedding layer.
     """
 
-    def __init__(self, in_features: int, num_classes: int, embedding_dim: int, s: float, kind: str = "arcface", drop_rate: float = 0.0):
+    def __init__(self, in_features: int, num_classes: int, embedding_dim: int, s: float, kind: str = "arcface",
+                 drop_rate: float = 0.0):
         super().__init__()
         if kind not in MARGIN_HEADS:
             raise ValueError(f"MarginHead kind must be one of {MARGIN_HEADS}, got {kind!r}")
@@ -87,7 +88,9 @@ class MarginHead(nn.Module):
         return self.s * cos
 
 
-def build_head(kind: str, in_features: int, num_classes: int, *, embedding_dim: int = 512, s: float = 8.0, drop_rate: float = 0.0) -> nn.Module:
+def build_head(
+    kind: str, in_features: int, num_classes: int, *, embedding_dim: int = 512, s: float = 8.0, drop_rate: float = 0.0
+) -> nn.Module:
     """The head named `kind` (linear | arcface | cosface) for `in_features`-wide pooled features."""
     if kind == "linear":
         return LinearHead(in_features, num_classes, drop_rate)

@@ -88,7 +88,9 @@ class MarginCrossEntropy:
             phi = cos - self.m
         # lerp(cos, phi, 1) is exactly phi and lerp(cos, phi, 0) exactly cos, so one-hot targets get the textbook loss.
         margined = torch.lerp(cos, phi, weight) * self.s  # [B, C]
-        return F.cross_entropy(margined, targets if not targets.is_floating_point() else weight, label_smoothing=self.label_smoothing)
+        return F.cross_entropy(
+            margined, targets if not targets.is_floating_point() else weight, label_smoothing=self.label_smoothing
+        )
 
 
 class CrossEntropy:
@@ -110,7 +112,9 @@ def build_criterion(cfg: Config) -> Criterion:
     """
     smoothing = cfg.train.label_smoothing
     if cfg.model.head in MARGIN_HEADS:
-        return MarginCrossEntropy(cfg.model.head, cfg.model.margin_s, cfg.model.margin_m, smoothing, cfg.model.easy_margin)
+        return MarginCrossEntropy(
+            cfg.model.head, cfg.model.margin_s, cfg.model.margin_m, smoothing, cfg.model.easy_margin
+        )
     return CrossEntropy(smoothing)
 
 

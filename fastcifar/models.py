@@ -146,12 +146,14 @@ def _check_model_name(name: str) -> None:
         source, ident = parse_model_name(name)
     except ValueError as e:
         raise FastcifarError(
-            f"model.name '{name}' is not a timm model name ({e}); write hf-hub:ORG/NAME or local-dir:PATH for those sources."
+            f"model.name '{name}' is not a timm model name ({e}); "
+            f"write hf-hub:ORG/NAME or local-dir:PATH for those sources."
         ) from None
     if source == "local-dir":
         if not (Path(ident).expanduser() / "config.json").is_file():
             raise FastcifarError(
-                f"model.name '{name}': '{ident}' has no config.json; give a folder written by timm's save_for_hf or `fastcifar export`."
+                f"model.name '{name}': '{ident}' has no config.json; "
+                f"give a folder written by timm's save_for_hf or `fastcifar export`."
             )
         return
     if source is not None or timm.is_model(name):
@@ -221,7 +223,8 @@ def create_backbone(
                 )
         except TypeError as e:
             raise FastcifarError(
-                f"timm could not build '{cfg.name}' with {sorted(kwargs)} ({e}); fix model.kwargs or pick another model."
+                f"timm could not build '{cfg.name}' with {sorted(kwargs)} ({e}); "
+                f"fix model.kwargs or pick another model."
             ) from None
         except RuntimeError as e:  # torch's load_state_dict (a tensor of another shape), or a folder without weights
             if "No suitable checkpoints found" in str(e):
@@ -270,7 +273,8 @@ def _weights_overlay(cfg: ModelConfig) -> tuple[bool, dict | None, dict[str, Ten
             f"model.pretrained '{path}' is a folder; a timm folder is a model name (model.name: local-dir:{path}, "
             f"model.pretrained: true), else give the weights file inside it."
         )
-    # `source: None` makes timm read `file`/`state_dict` even for hf-hub:/local-dir: names (their own source wins otherwise)
+    # `source: None` makes timm read `file`/`state_dict` even for hf-hub:/local-dir: names
+    # (their own source wins otherwise)
     if not _is_fastcifar_file(path):
         return True, {"file": str(path), "source": None}, {}
     state = strip_wrapper_prefixes(read_weights(path))
@@ -340,12 +344,14 @@ def _check_load_report(report: dict[str, list[str]], model: nn.Module, what: str
     missing, unexpected = report["missing"], report["unexpected"]
     if own and len(missing) >= len(own):
         raise FastcifarError(
-            f"The {what} fit none of '{name}'s {len(own)} tensors; set model.name to the architecture they were saved from."
+            f"The {what} fit none of '{name}'s {len(own)} tensors; "
+            f"set model.name to the architecture they were saved from."
         )
     if missing or unexpected:
         warnings.warn(
-            f"{what}: loaded {len(own) - len(missing)} of {len(own)} backbone tensors; {len(missing)} missing (kept at init: "
-            f"{', '.join(missing[:3]) or '-'}), {len(unexpected)} unexpected ({', '.join(unexpected[:3]) or '-'})",
+            f"{what}: loaded {len(own) - len(missing)} of {len(own)} backbone tensors; "
+            f"{len(missing)} missing (kept at init: {', '.join(missing[:3]) or '-'}), "
+            f"{len(unexpected)} unexpected ({', '.join(unexpected[:3]) or '-'})",
             stacklevel=3,
         )
 
@@ -375,14 +381,16 @@ def _hub_errors(name: str, remote: bool = True) -> Iterator[None]:
         if not remote:
             reason = (str(e).strip().splitlines() or [""])[0].rstrip(".")
             raise FastcifarError(
-                f"Could not read the files of '{name}' ({type(e).__name__}: {reason}); check the folder or file it names."
+                f"Could not read the files of '{name}' ({type(e).__name__}: {reason}); "
+                f"check the folder or file it names."
             ) from None
         from huggingface_hub import constants
 
         raise FastcifarError(
-            f"Could not fetch '{name}' from the Hugging Face hub (no network? {type(e).__name__}); fetch it once where there is "
-            f"network into the HF cache ({constants.HF_HUB_CACHE}, copy that folder over) and set HF_HUB_OFFLINE=1 to use it, "
-            f"or use local files: model.pretrained: /path/to/weights.safetensors, or a saved folder as model.name: local-dir:PATH."
+            f"Could not fetch '{name}' from the Hugging Face hub (no network? {type(e).__name__}); "
+            f"fetch it once where there is network into the HF cache ({constants.HF_HUB_CACHE}, copy that folder over) "
+            f"and set HF_HUB_OFFLINE=1 to use it, or use local files: model.pretrained: "
+            f"/path/to/weights.safetensors, or a saved folder as model.name: local-dir:PATH."
         ) from None
 
 
@@ -398,14 +406,20 @@ def _check_sizes(backbone: nn.Module, name: str, image_size: int, others: Sequen
             except Exception as e:
                 default = (getattr(backbone, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))[-1]
                 if side == image_size:
-                    fix = f"set augment.image_size to a side it supports (timm's default for it is {default} px) or pick another model"
+                    fix = (
+                        f"set augment.image_size to a side it supports (timm's default for it is {default} px) "
+                        f"or pick another model"
+                    )
                 else:
                     how = (
                         "with dynamic_img_size"
                         if getattr(backbone, "dynamic_img_size", False)
                         else "and this family cannot change size"
                     )
-                    fix = f"drop {side} from augment.scales (it was built for {image_size} px {how}) or pick another model"
+                    fix = (
+                        f"drop {side} from augment.scales (it was built for {image_size} px {how}) "
+                        f"or pick another model"
+                    )
                 reason = (str(e).strip().splitlines() or [""])[0].rstrip(".")
                 raise FastcifarError(
                     f"Model '{name}' cannot run on {side} px images ({type(e).__name__}: {reason}); {fix}."
@@ -455,7 +469,8 @@ def apply_cifar_stem(
                     backbone.conv1.weight.copy_(weight)
             elif loaded:
                 warnings.warn(
-                    f"model.cifar_stem: '{name}' gets a fresh 3x3 stride-1 conv1; the pretrained 7x7 conv1 is not used.",
+                    f"model.cifar_stem: '{name}' gets a fresh 3x3 stride-1 conv1; "
+                    f"the pretrained 7x7 conv1 is not used.",
                     stacklevel=3,
                 )
         backbone.maxpool = nn.Identity()
@@ -463,8 +478,9 @@ def apply_cifar_stem(
         backbone.conv_stem.stride = (1, 1)
     else:
         raise FastcifarError(
-            f"model.cifar_stem is not supported for '{name}' ({type(backbone).__name__}); use a ResNet/EfficientNet/MobileNetV3 "
-            f"name, or set model.cifar_stem: false and upsample with augment.image_size: 224."
+            f"model.cifar_stem is not supported for '{name}' ({type(backbone).__name__}); "
+            f"use a ResNet/EfficientNet/MobileNetV3 name, or set model.cifar_stem: false and upsample with "
+            f"augment.image_size: 224."
         )
     if stem:
         raise FastcifarError(
@@ -578,8 +594,9 @@ def load_weights(model: nn.Module, state_dict: dict[str, Tensor], source: str) -
     classes = getattr(target, "num_classes", None)
     if found and classes is not None and found[1] != classes:
         raise FastcifarError(
-            f"Checkpoint {source} has {found[1]} classes but this model has {classes}; set data.dataset/data.label to the "
-            f"dataset it was trained on, or keep only its backbone with model.pretrained: {source} instead of loading it whole."
+            f"Checkpoint {source} has {found[1]} classes but this model has {classes}; "
+            f"set data.dataset/data.label to the dataset it was trained on, "
+            f"or keep only its backbone with model.pretrained: {source} instead of loading it whole."
         )
     kind = getattr(target, "head_kind", None)
     if found and kind and found[0] != ("margin" if kind in MARGIN_HEADS else "linear"):
@@ -600,7 +617,9 @@ def load_weights(model: nn.Module, state_dict: dict[str, Tensor], source: str) -
         example = (mismatched or missing or unexpected)[0]
         raise FastcifarError(
             f"Checkpoint {source} does not fit this model ({len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(mismatched)} of another shape, e.g. '{example}'); set model.name/model.cifar_stem/model.embedding_dim/model.kwargs (and "
-            f"augment.image_size for fixed-size models) as in the run that saved it, or take its backbone with model.pretrained: {source}."
+            f"{len(mismatched)} of another shape, e.g. '{example}'); "
+            f"set model.name/model.cifar_stem/model.embedding_dim/model.kwargs "
+            f"(and augment.image_size for fixed-size models) as in the run that saved it, "
+            f"or take its backbone with model.pretrained: {source}."
         )
     target.load_state_dict(state, strict=True)

@@ -70,7 +70,8 @@ def git_revision(folder: Path | None = None) -> dict:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return {"hash": None, "dirty": None}
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder, capture_output=True, text=True, timeout=10)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
+                                capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return {"hash": None, "dirty": None}
     return {"hash": head.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}

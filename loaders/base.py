@@ -176,7 +176,9 @@ def drop_last_for(cfg: Config, train: bool) -> bool:
 def label_kind(cfg: Config) -> str:
     """'fine' or 'coarse' (CIFAR-100 superclasses); coarse on CIFAR-10 is an error."""
     if cfg.data.label == "coarse" and cfg.data.dataset != "cifar100":
-        raise FastcifarError(f"data.label: coarse exists for cifar100 only, not {cfg.data.dataset}; set data.label: fine.")
+        raise FastcifarError(
+            f"data.label: coarse exists for cifar100 only, not {cfg.data.dataset}; set data.label: fine."
+        )
     return cfg.data.label
 
 

@@ -156,7 +156,9 @@ def _build(cfg: Config, split: str, *, train: bool, device: torch.device | str, 
     drop_last = drop_last_for(cfg, train)
     order_name = cfg.data.ffcv_order if train else "sequential"
     if world_size > 1 and order_name == "quasi_random":
-        raise FastcifarError("ffcv has no distributed QUASI_RANDOM order; set data.ffcv_order: random for multi-GPU runs.")
+        raise FastcifarError(
+            "ffcv has no distributed QUASI_RANDOM order; set data.ffcv_order: random for multi-GPU runs."
+        )
     pipelines = _pipelines(as_device(device), "coarse_label" if label_kind(cfg) == "coarse" else "label",
                            cfg.augment.hflip if "hflip" in native else 0.0,
                            cfg.augment.crop_padding if "crop" in native else 0)

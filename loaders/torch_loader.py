@@ -44,8 +44,8 @@ class NpyDataset(Dataset):
         keyed by (epoch, index): (image uint8 [3, S, S], label int).
     """
 
-    def __init__(self, images_path: str | Path, labels_path: str | Path, transform: Callable[[torch.Tensor], torch.Tensor],
-                 seed: int = 0):
+    def __init__(self, images_path: str | Path, labels_path: str | Path,
+                 transform: Callable[[torch.Tensor], torch.Tensor], seed: int = 0):
         self.images_path, self.seed = str(images_path), seed
         self.labels = np.load(labels_path)  # [N] int64, 8 bytes per image: cheap to hold in every worker
         self.transform = transform
@@ -99,7 +99,9 @@ class ShardSampler(Sampler[tuple[int, int]]):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return shard_length(self.n, rank=self.rank, world_size=self.world_size, train=self.train, drop_last=self.drop_last)
+        return shard_length(
+            self.n, rank=self.rank, world_size=self.world_size, train=self.train, drop_last=self.drop_last
+        )
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order = sample_order(self.n, seed=self.seed, epoch=self.epoch, rank=self.rank, world_size=self.world_size,

@@ -27,7 +27,9 @@ def synth_root(tmp_path_factory):
 
     cache: dict[tuple, Path] = {}
 
-    def make(dataset: str = "cifar10", train: int = SYNTH_TRAIN, test: int = SYNTH_TEST, seed: int = SYNTH_SEED) -> Path:
+    def make(
+        dataset: str = "cifar10", train: int = SYNTH_TRAIN, test: int = SYNTH_TEST, seed: int = SYNTH_SEED
+    ) -> Path:
         key = (dataset, train, test, seed)
         if key not in cache:
             root = tmp_path_factory.mktemp(f"synth-{dataset}")

@@ -37,7 +37,8 @@ def test_train_config_typo_exits_2_with_suggestion(capsys):
 
 
 def test_train_dump_config_applies_shortcuts(capsys):
-    assert main(["train", "resnet18_baseline", "--loader", "torch", "--epochs", "3", "--set", "optim.lr=0.01", "--dump-config"]) == 0
+    shortcuts = ["--loader", "torch", "--epochs", "3", "--set", "optim.lr=0.01"]
+    assert main(["train", "resnet18_baseline", *shortcuts, "--dump-config"]) == 0
     out = capsys.readouterr().out
     assert "loader: torch" in out and "epochs: 3" in out and "lr: 0.01" in out
 

@@ -14,7 +14,9 @@ from fastcifar.errors import FastcifarError
 
 def test_every_packaged_config_validates_and_has_a_description():
     names = packaged_configs()
-    assert {"resnet18_arcface_224", "resnet18_baseline", "resnet50_arcface_224", "resnet18_pretrained_arcface_kd"} <= set(names)
+    assert {
+        "resnet18_arcface_224", "resnet18_baseline", "resnet50_arcface_224", "resnet18_pretrained_arcface_kd"
+    } <= set(names)
     for name in names:
         cfg = load_config(name)
         assert cfg.name == name
@@ -23,7 +25,8 @@ def test_every_packaged_config_validates_and_has_a_description():
 
 def test_docsaid_arcface_224_matches_the_seed_experiment():
     cfg = load_config("resnet18_arcface_224")
-    assert (cfg.model.name, cfg.model.head, cfg.model.margin_s, cfg.model.margin_m) == ("resnet18", "arcface", 8.0, 0.35)
+    model = cfg.model
+    assert (model.name, model.head, model.margin_s, model.margin_m) == ("resnet18", "arcface", 8.0, 0.35)
     assert cfg.augment.image_size == 224 and cfg.model.pretrained is True
     assert (cfg.optim.name, cfg.optim.lr, cfg.data.batch_size) == ("adamw", 1e-3, 250)
 
@@ -53,7 +56,10 @@ def test_bad_overrides_name_the_fix(override, message):
 
 
 def test_overrides_are_typed_and_applied():
-    cfg = load_config("resnet18_baseline", ["optim.lr=1e-2", "train.epochs=3", "model.pretrained=/tmp/w.pth", "schedule.milestones=[2, 4]"])
+    cfg = load_config(
+        "resnet18_baseline",
+        ["optim.lr=1e-2", "train.epochs=3", "model.pretrained=/tmp/w.pth", "schedule.milestones=[2, 4]"],
+    )
     assert cfg.optim.lr == pytest.approx(0.01) and isinstance(cfg.optim.lr, float)
     assert cfg.train.epochs == 3
     assert cfg.model.pretrained == "/tmp/w.pth"
@@ -103,7 +109,10 @@ def test_dumped_config_loads_back_identically(tmp_path):
         ("augment.cutout_size=0", r"augment.cutout_size must be at least 1 px when augment.cutout > 0"),
         ("train.select_metric=val_acc", r"select_metric 'val_acc' is not recorded by a run without a validation split"),
         ("train.select_metric=val_top1", r"select_metric 'val_top1' is not a recorded metric; use one of train_loss"),
-        ("early_stop.patience=3", r"early_stop.metric 'val_acc' is not recorded .*data.val_split is 0.*or use test_acc"),
+        (
+            "early_stop.patience=3",
+            r"early_stop.metric 'val_acc' is not recorded .*data.val_split is 0.*or use test_acc",
+        ),
         ("schedule.warmup_epochs=2", r"schedule.warmup_epochs and onecycle's schedule.pct_start both set the rise"),
     ],
 )

@@ -40,6 +40,8 @@ def test_cuda_train_batch_keeps_everything_on_the_device_in_bf16():
 
 def test_cuda_compiled_bf16_run_learns(prepared_root, tmp_path):
     root = prepared_root("cifar10", ("npy",))
-    run, records, summary = run_tiny(root, tmp_path, train={"epochs": 3, "device": "cuda", "amp": "bf16", "compile": True})
+    run, records, summary = run_tiny(
+        root, tmp_path, train={"epochs": 3, "device": "cuda", "amp": "bf16", "compile": True}
+    )
     assert summary["compile_s"] > 0 and summary["device"].startswith("cuda")
     assert records[-1]["test_acc"] >= 0.8, records

@@ -55,7 +55,8 @@ def test_two_process_gloo_run_matches_the_single_process_band(prepared_root, tmp
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1  # rank 0 alone made the run folder...
     run = runs[0]
-    assert {line.split(" RUN ")[1] for line in done.stdout.splitlines() if " RUN " in line} == {str(run)}  # ...and both ranks got its path
+    # ...and both ranks got its path
+    assert {line.split(" RUN ")[1] for line in done.stdout.splitlines() if " RUN " in line} == {str(run)}
     assert done.stdout.count("best test_acc") == 1  # only rank 0 prints
     records = read_jsonl(run / "metrics.jsonl")
     assert [r["epoch"] for r in records] == [0, 1, 2, 3]

@@ -44,7 +44,8 @@ def test_evaluate_reproduces_the_recorded_best_and_last(val_run):
     run, records, summary = val_run
     best = next(r for r in records if r["epoch"] == summary["best_epoch"])
     on_val = evaluate(run, split="val")
-    assert on_val["images"] == 128 and on_val["acc"] == pytest.approx(summary["best_acc"]) == pytest.approx(best["val_acc"])
+    assert on_val["images"] == 128
+    assert on_val["acc"] == pytest.approx(summary["best_acc"]) == pytest.approx(best["val_acc"])
     on_test = evaluate(run)
     assert on_test["images"] == 256 and on_test["epoch"] == summary["best_epoch"]
     assert (on_test["acc"], on_test["top5"]) == (best["test_acc"], best["test_top5"])
@@ -52,7 +53,8 @@ def test_evaluate_reproduces_the_recorded_best_and_last(val_run):
     last = evaluate(run / "last.pt")  # a checkpoint file instead of a run dir
     assert last["acc"] == records[-1]["test_acc"] and last["epoch"] == records[-1]["epoch"]
     assert evaluate(run, split="train")["images"] == 512
-    assert evaluate(run, tta=True)["loss"] != pytest.approx(on_test["loss"], rel=1e-6)  # the mirror really is averaged in
+    # the mirror really is averaged in
+    assert evaluate(run, tta=True)["loss"] != pytest.approx(on_test["loss"], rel=1e-6)
 
 
 def test_evaluate_errors_are_one_sentence(val_run, tmp_path):
@@ -80,12 +82,16 @@ def test_results_table_lists_finished_and_unfinished_runs(val_run, tmp_path):
     nested.mkdir(parents=True)
     finished = shutil.copytree(run, nested / run.name)
     crashed = shutil.copytree(run, tmp_path / "sweep" / "crashed-run")
-    (crashed / "summary.json").write_text(json.dumps({"status": "running", "synthetic": True, "select_metric": "val_acc", "loader": "gpu"}))
+    (crashed / "summary.json").write_text(
+        json.dumps({"status": "running", "synthetic": True, "select_metric": "val_acc", "loader": "gpu"})
+    )
     rows = {r["run"]: r for r in results_table([tmp_path])}
     assert set(rows) == {finished.name, "crashed-run"}
     done = rows[finished.name]
-    assert (done["status"], done["name"], done["description"], done["loader"], done["synthetic"]) == ("done", "tiny", "trainer test", "gpu", True)
-    assert done["best_acc"] == summary["best_acc"] and done["best_epoch"] == summary["best_epoch"] and done["img_per_s"] == summary["img_per_s"]
+    assert (done["status"], done["name"], done["description"], done["loader"], done["synthetic"]) == (
+        "done", "tiny", "trainer test", "gpu", True
+    )
+    assert all(done[k] == summary[k] for k in ("best_acc", "best_epoch", "img_per_s"))
     partial = rows["crashed-run"]
     best = max(records, key=lambda r: r["val_acc"])
     assert partial["status"] == "incomplete" and partial["best_acc"] == best["val_acc"] and partial["epochs"] == 2
@@ -134,10 +140,13 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path):
 def test_metrics_log_appends_and_truncates_both_files(tmp_path):
     log = MetricsLog(tmp_path, ["epoch", "train_loss", "val_acc"])
     for epoch in range(3):
-        log.append({"epoch": epoch, "train_loss": 1.0 / (epoch + 1), "img_per_s": torch.tensor(5.0), **({"val_acc": 0.5} if epoch != 1 else {})})
+        log.append({"epoch": epoch, "train_loss": 1.0 / (epoch + 1), "img_per_s": torch.tensor(5.0),
+                    **({"val_acc": 0.5} if epoch != 1 else {})})
     assert [r["epoch"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1, 2]
     assert read_jsonl(tmp_path / "metrics.jsonl")[0]["img_per_s"] == 5.0  # tensors become numbers
-    assert (tmp_path / "metrics.csv").read_text().splitlines() == ["epoch,train_loss,val_acc", "0,1,0.5", "1,0.5,", "2,0.333333,0.5"]
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == [
+        "epoch,train_loss,val_acc", "0,1,0.5", "1,0.5,", "2,0.333333,0.5"
+    ]
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 3, "train_lo')  # a torn line from a crash mid-write is skipped
     assert len(log.records()) == 3
@@ -160,7 +169,11 @@ def test_confusion_matrix_and_most_confused_pairs():
 def test_plots_write_png_files(tmp_path):
     from fastcifar.engine.plots import plot_confusion, plot_curves
 
-    records = [{"epoch": e, "train_loss": 2 - e / 2, "test_loss": 2.1 - e / 2, "train_acc": e / 4, "test_acc": e / 5, "lr": 0.1 * (3 - e)} for e in range(3)]
+    records = [
+        {"epoch": e, "train_loss": 2 - e / 2, "test_loss": 2.1 - e / 2, "train_acc": e / 4, "test_acc": e / 5,
+         "lr": 0.1 * (3 - e)}
+        for e in range(3)
+    ]
     records[1].pop("test_acc")  # an epoch without evaluation
     plot_curves(records, tmp_path / "curves.png")
     plot_confusion(torch.randint(0, 20, (20, 20)), [f"c{i}" for i in range(20)], tmp_path / "confusion.png")

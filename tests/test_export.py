@@ -43,12 +43,16 @@ TIMM_SIDE = textwrap.dedent("""
                              head["bn.weight"], head["bn.bias"], training=False, eps=1e-5)
             y = config["fastcifar"]["margin_s"] * F.normalize(e, dim=1) @ F.normalize(head["weight"], dim=1).T
         np.save(out, y.numpy())
-    assert not any(name == "fastcifar" or name.startswith("fastcifar.") for name in sys.modules), "the timm side imported fastcifar"
+    imported = [name for name in sys.modules if name == "fastcifar" or name.startswith("fastcifar.")]
+    assert not imported, "the timm side imported fastcifar"
 """)
 
 
 def _fastcifar_logits(run, root) -> tuple[np.ndarray, np.ndarray]:
-    """(logits [N, C] of the run's evaluation model on the test split, labels [N]), as `fastcifar eval` computes them."""
+    """(logits [N, C] of the run's evaluation model on the test split, labels [N]).
+
+    As `fastcifar eval` computes them.
+    """
     from fastcifar.augment import GpuAugment
     from fastcifar.config import from_dict
     from fastcifar.engine.checkpoint import eval_weights, load_checkpoint

@@ -46,7 +46,8 @@ def test_golden_run_is_bit_exact(name, prepared_root, tmp_path, one_thread):
     golden = ASSETS / f"golden_{name}.json"
     root = prepared_root("cifar10", ("npy",))
     _, records, summary = run_tiny(root, tmp_path, **RUNS[name])
-    got = {"epochs": _pinned(records), "best": {k: summary.get(k) for k in ("best_epoch", "best_value", "best_acc", "best_test_acc")}}
+    best_keys = ("best_epoch", "best_value", "best_acc", "best_test_acc")
+    got = {"epochs": _pinned(records), "best": {k: summary.get(k) for k in best_keys}}
     if os.environ.get("FASTCIFAR_UPDATE_GOLDEN"):
         golden.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
         pytest.skip(f"golden run rewritten to {golden}")

@@ -116,7 +116,9 @@ def test_distill_alpha_zero_is_the_criterion():
     teacher = torch.randn(6, 3, generator=torch.Generator().manual_seed(2))
     targets = torch.tensor([0, 1, 2, 0, 1, 2])
     criterion = build_criterion(_cfg("linear", 0.1))
-    torch.testing.assert_close(distill_loss(student, teacher, targets, 4.0, 0.0, criterion), criterion(student, targets))
+    torch.testing.assert_close(
+        distill_loss(student, teacher, targets, 4.0, 0.0, criterion), criterion(student, targets)
+    )
     torch.testing.assert_close(distill_loss(student, teacher, targets, 4.0, 0.0), F.cross_entropy(student, targets))
 
 

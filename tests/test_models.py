@@ -193,7 +193,8 @@ def test_load_weights_head_or_architecture_mismatch():
     with pytest.raises(FastcifarError, match=r"has a linear head but this model has model.head: arcface"):
         load_weights(model, linear, "runs/lin")
     other = build_model(ModelConfig(name="resnet10t", head="arcface", embedding_dim=16), num_classes=10).state_dict()
-    with pytest.raises(FastcifarError, match=r"does not fit this model \(0 missing, 0 unexpected, 6 of another shape, e.g. .head.weight."):
+    fit = r"does not fit this model \(0 missing, 0 unexpected, 6 of another shape, e.g. .head.weight."
+    with pytest.raises(FastcifarError, match=fit):
         load_weights(model, other, "runs/e16")
 
 

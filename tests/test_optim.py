@@ -28,7 +28,9 @@ def test_one_dim_params_go_to_the_no_decay_group():
     groups = {g["name"]: g for g in opt.param_groups}
     assert groups["decay"]["weight_decay"] == 0.05 and groups["no_decay"]["weight_decay"] == 0.0
     assert {id(p) for p in groups["decay"]["params"]} == {id(model[0].weight), id(model[2].weight)}
-    assert {id(p) for p in groups["no_decay"]["params"]} == {id(model[0].bias), id(model[1].weight), id(model[1].bias), id(model[2].bias)}
+    assert {id(p) for p in groups["no_decay"]["params"]} == {
+        id(model[0].bias), id(model[1].weight), id(model[1].bias), id(model[2].bias)
+    }
     assert opt.defaults["foreach"] is True and not opt.defaults.get("fused")  # CPU: foreach, not fused
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.9, 0.999)
 
@@ -50,7 +52,8 @@ def test_no_decay_group_really_gets_no_decay():
         p.grad = torch.zeros_like(p)
     opt.step()  # zero gradient: only weight decay moves a parameter
     after = dict(model.named_parameters())
-    torch.testing.assert_close(after["0.weight"], before["0.weight"] * (1 - 0.1 * 0.5 * (1 + 0.9)))  # nesterov: g + mu * buf
+    # nesterov: g + mu * buf
+    torch.testing.assert_close(after["0.weight"], before["0.weight"] * (1 - 0.1 * 0.5 * (1 + 0.9)))
     for name in ("0.bias", "1.weight", "1.bias", "2.bias"):
         assert torch.equal(after[name], before[name]), name
 
@@ -97,10 +100,13 @@ def test_layer_decay_scales_lr_by_depth_and_the_schedule_keeps_the_scales():
             layer_of[names[id(p)]] = group["lr_scale"]
     # timm's ViT matcher: stem (patch/pos embed, cls token) = layer 0, blocks 1..6, final norm with block 6, head 7
     assert layer_of["head.fc.weight"] == 1.0 and layer_of["backbone.norm.weight"] == 0.5
-    assert layer_of["backbone.blocks.5.mlp.fc1.weight"] == 0.5 and layer_of["backbone.blocks.0.mlp.fc1.weight"] == 0.5 ** 6
+    assert layer_of["backbone.blocks.5.mlp.fc1.weight"] == 0.5
+    assert layer_of["backbone.blocks.0.mlp.fc1.weight"] == 0.5 ** 6
     assert layer_of["backbone.pos_embed"] == layer_of["backbone.patch_embed.proj.weight"] == 0.5 ** 7
     assert opt.param_groups[0]["lr_scale"] == 1.0  # the logged lr (param_groups[0]) is the head's, the peak
-    sched = build_scheduler(opt, Config(schedule=ScheduleConfig(name="cosine", warmup_epochs=1), train=TrainConfig(epochs=4)), 5)
+    sched = build_scheduler(
+        opt, Config(schedule=ScheduleConfig(name="cosine", warmup_epochs=1), train=TrainConfig(epochs=4)), 5
+    )
     for step in range(20):
         factor = sched.lr_lambdas[0](step)
         for group in opt.param_groups:
@@ -157,7 +163,9 @@ def test_constant_with_warmup():
 
 
 def test_scheduler_state_dict_round_trips():
-    cfg = Config(schedule=ScheduleConfig(name="cosine", warmup_epochs=1, min_lr_ratio=0.05), train=TrainConfig(epochs=5))
+    cfg = Config(
+        schedule=ScheduleConfig(name="cosine", warmup_epochs=1, min_lr_ratio=0.05), train=TrainConfig(epochs=5)
+    )
     opt = build_optimizer(_small(), OptimConfig(lr=0.3), "cpu")
     sched = build_scheduler(opt, cfg, 8)
     for _ in range(13):

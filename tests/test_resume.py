@@ -28,7 +28,8 @@ from fastcifar.engine.metrics import read_jsonl
 from fastcifar.engine.trainer import TIMING_KEYS, train
 
 STEPS = (512 - 64) // 64  # steps per epoch: 448 train images after the 64-image val split, batch 64
-# Everything that draws random numbers: crop/flip/cutout on the device, mixup, dropout, EMA, label smoothing, a val split.
+# Everything that draws random numbers: crop/flip/cutout on the device, mixup, dropout, EMA, label smoothing,
+# a val split.
 SECTIONS = dict(
     data={"val_split": 64},
     augment={"crop_padding": 2, "hflip": 0.5, "cutout": 0.5, "cutout_size": 8, "mixup_alpha": 0.4, "mix_prob": 0.5},
@@ -97,7 +98,10 @@ def _kill_midway(cfg, where: str, at: int, tmp: Path) -> Path:
     script = tmp / "victim.py"
     script.write_text(VICTIM)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(script), json.dumps(to_dict(cfg)), where, str(at)], capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(script), json.dumps(to_dict(cfg)), where, str(at)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
     assert done.returncode == -signal.SIGKILL, done.stdout[-2000:] + done.stderr[-2000:]
     (run,) = Path(cfg.train.out_dir).iterdir()
     return run
@@ -112,7 +116,9 @@ def _kill_midway(cfg, where: str, at: int, tmp: Path) -> Path:
         ("step", 2 * STEPS + 3, 1, [0, 1], 2),  # save_every 2: last.pt after epoch 1 only, resume at epoch 2
     ],
 )
-def test_kill9_then_resume_matches_an_uninterrupted_run(reference, tmp_path, where, at, last_epoch_done, logged, save_every):
+def test_kill9_then_resume_matches_an_uninterrupted_run(
+    reference, tmp_path, where, at, last_epoch_done, logged, save_every
+):
     root, ref_run = reference
     cfg = tiny_config(root, tmp_path / "runs", **{**SECTIONS, "train": {**SECTIONS["train"], "save_every": save_every}})
     run = _kill_midway(cfg, where, at, tmp_path)
@@ -131,15 +137,17 @@ def test_kill9_then_resume_matches_an_uninterrupted_run(reference, tmp_path, whe
         assert all(torch.equal(ref[key][k], got[key][k]) for k in ref[key]), key
     ref_opt, got_opt = ref["optimizer"]["state"], got["optimizer"]["state"]
     assert all(torch.equal(ref_opt[i][name], got_opt[i][name]) for i in ref_opt for name in ref_opt[i])
-    assert ref["best"] == got["best"] and ref["early_stop"] == got["early_stop"] and ref["scheduler"] == got["scheduler"]
+    assert all(ref[k] == got[k] for k in ("best", "early_stop", "scheduler"))
     ref_best, got_best = load_checkpoint(ref_run), load_checkpoint(run)
-    assert got_best["epoch"] == ref_best["epoch"] and all(torch.equal(ref_best["model"][k], v) for k, v in got_best["model"].items())
+    assert got_best["epoch"] == ref_best["epoch"]
+    assert all(torch.equal(ref_best["model"][k], v) for k, v in got_best["model"].items())
 
     strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]  # noqa: E731
     ref_rows, got_rows = read_jsonl(ref_run / "metrics.jsonl"), read_jsonl(run / "metrics.jsonl")
     assert [r["epoch"] for r in got_rows] == [0, 1, 2]
     assert strip(got_rows) == strip(ref_rows)
-    assert len((run / "metrics.csv").read_text().splitlines()) == 4  # header + 3 epochs, no duplicate of the rerun epoch
+    # header + 3 epochs, no duplicate of the rerun epoch
+    assert len((run / "metrics.csv").read_text().splitlines()) == 4
     ref_sum, got_sum = (json.loads((r / "summary.json").read_text()) for r in (ref_run, run))
     for key in ("best_epoch", "best_value", "best_acc", "best_test_acc", "last_test_acc", "epochs_done", "status"):
         assert got_sum[key] == ref_sum[key], key

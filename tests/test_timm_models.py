@@ -1,4 +1,7 @@
-"""timm-native models: fixed-size families at any size, hf-hub:/local-dir: names, weight files through timm's filters."""
+"""timm-native models.
+
+Fixed-size families at any size, hf-hub:/local-dir: names, weight files through timm's filters.
+"""
 
 from __future__ import annotations
 

@@ -41,7 +41,8 @@ def test_plain_run_learns_and_writes_every_artifact(base_run):
     assert records[-1]["train_loss"] < records[0]["train_loss"]
     assert records[-1]["step"] == 3 * (512 // 64)
     assert records[-1]["lr"] == pytest.approx(0.0, abs=1e-9)  # cosine to 0 at the last step
-    for name in ("config.yaml", "env.json", "metrics.csv", "curves.png", "confusion.png", "confusion.csv", "most_confused.txt", "best.pt", "last.pt"):
+    for name in ("config.yaml", "env.json", "metrics.csv", "curves.png", "confusion.png", "confusion.csv",
+                 "most_confused.txt", "best.pt", "last.pt"):
         assert (run / name).stat().st_size > 0, name
     assert summary["status"] == "done" and summary["synthetic"] is True and summary["loader"] == "gpu"
     assert summary["select_metric"] == "test_acc"
@@ -143,7 +144,9 @@ def test_multi_scale_training_draws_each_batch_side_from_scales(root, tmp_path, 
         return x, targets
 
     monkeypatch.setattr(GpuAugment, "train_batch", recording)
-    run, records, summary = run_tiny(root, tmp_path, augment={"image_size": 32, "scales": [24, 40]}, train={"epochs": 2})
+    run, records, summary = run_tiny(
+        root, tmp_path, augment={"image_size": 32, "scales": [24, 40]}, train={"epochs": 2}
+    )
     assert len(sides) == 2 * (512 // 64) and set(sides) == {24, 40}  # both sides drawn, nothing else
     assert records[-1]["test_acc"] > 0.3  # evaluated at image_size 32 after multi-scale training
 
@@ -162,7 +165,8 @@ def test_ema_weights_are_evaluated_and_saved(root, tmp_path):
     # evaluate() uses the EMA weights of best.pt and reproduces the recorded test accuracy and loss
     best = next(r for r in records if r["epoch"] == summary["best_epoch"])
     result = evaluate(run)
-    assert result["acc"] == pytest.approx(best["test_acc"]) and result["loss"] == pytest.approx(best["test_loss"], rel=1e-5)
+    assert result["acc"] == pytest.approx(best["test_acc"])
+    assert result["loss"] == pytest.approx(best["test_loss"], rel=1e-5)
     # ...which the raw weights would not give
     from fastcifar.models import build_model
 
@@ -198,7 +202,8 @@ def test_early_stop_in_a_real_run(root, tmp_path):
     # min_delta 10 on a CE loss: nothing after the first evaluation counts as an improvement, so patience 1
     # must stop the run right after epoch 1 (0-based), whatever the exact losses are.
     run, records, summary = run_tiny(
-        root, tmp_path, train={"epochs": 6}, early_stop={"metric": "test_loss", "mode": "min", "patience": 1, "min_delta": 10.0}
+        root, tmp_path, train={"epochs": 6},
+        early_stop={"metric": "test_loss", "mode": "min", "patience": 1, "min_delta": 10.0},
     )
     assert [r["epoch"] for r in records] == [0, 1]
     assert summary["status"] == "early-stopped" and summary["stopped_epoch"] == 1 and summary["epochs_done"] == 2

@@ -27,7 +27,8 @@ def test_student_distills_from_a_frozen_teacher(teacher_run, tmp_path):
     from fastcifar.engine.trainer import Trainer
 
     root, out, teacher_dir = teacher_run
-    distill = {"teacher": "teacher", "teacher_image_size": 48, "temperature": 4.0, "alpha": 0.7}  # a config name: newest run under out_dir
+    # teacher is a config name: the newest run under out_dir
+    distill = {"teacher": "teacher", "teacher_image_size": 48, "temperature": 4.0, "alpha": 0.7}
     cfg = tiny_config(root, out, name="student", distill=distill, train={"epochs": 1})
     trainer = Trainer(cfg, DistInfo(), torch.device("cpu"), progress=False)
     teacher = trainer.teacher
@@ -39,7 +40,8 @@ def test_student_distills_from_a_frozen_teacher(teacher_run, tmp_path):
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     saved = load_checkpoint(teacher_dir)["model"]
     after = teacher.state_dict()
-    assert all(torch.equal(after[k], before[k]) and torch.equal(after[k], saved[k]) for k in saved)  # frozen, incl. BN stats
+    # frozen, incl. BN stats
+    assert all(torch.equal(after[k], before[k]) and torch.equal(after[k], saved[k]) for k in saved)
     assert sizes and all(s == (64, 3, 48, 48) for s in sizes)  # the student's batch, resized on the device
     assert len(sizes) == 512 // 64
 

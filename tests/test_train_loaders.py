@@ -16,7 +16,9 @@ def test_every_loader_trains_to_high_accuracy(loader, prepared_root, tmp_path):
     root = prepared_root("cifar10", FORMATS[loader])
     # crop + flip on: the torch loader runs them per image on the CPU (GpuAugment then only normalizes),
     # the others on the device; all must learn.
-    run, records, summary = run_tiny(root, tmp_path, data={"loader": loader}, augment={"crop_padding": 2, "hflip": 0.5}, train={"epochs": 3})
+    run, records, summary = run_tiny(
+        root, tmp_path, data={"loader": loader}, augment={"crop_padding": 2, "hflip": 0.5}, train={"epochs": 3}
+    )
     assert summary["loader"] == loader
     assert records[-1]["test_acc"] >= 0.8, records
     assert records[-1]["step"] == 3 * (512 // 64)  # drop_last: 8 full batches per epoch through every loader

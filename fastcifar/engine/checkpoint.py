@@ -200,9 +200,15 @@ def load_checkpoint(target: str | os.PathLike, name: str = BEST) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, not a torch file, or a pickle with arbitrary objects
-        raise FastcifarError(f"Checkpoint '{path}' cannot be read ({e.__class__.__name__}); it is corrupt or not a fastcifar checkpoint, so train again or pick another file.") from None
+        raise FastcifarError(
+            f"Checkpoint '{path}' cannot be read ({e.__class__.__name__}); "
+            f"it is corrupt or not a fastcifar checkpoint, so train again or pick another file."
+        ) from None
     if not isinstance(state, dict) or "model" not in state:
-        raise FastcifarError(f"'{path}' is not a fastcifar checkpoint (no 'model' entry); give a run directory or a best.pt/last.pt file.")
+        raise FastcifarError(
+            f"'{path}' is not a fastcifar checkpoint (no 'model' entry); "
+            f"give a run directory or a best.pt/last.pt file."
+        )
     return state
 
 

@@ -52,9 +52,15 @@ def resolve_device(name: str, local_rank: int = 0, world_size: int = 1, option: 
         if device.index is None:
             device = torch.device("cuda", local_rank)
         elif world_size > 1 and device.index != local_rank:
-            raise FastcifarError(f"{option} '{name}' would put every torchrun process on one GPU; use cuda (each rank takes its local GPU).")
+            raise FastcifarError(
+                f"{option} '{name}' would put every torchrun process on one GPU; "
+                f"use cuda (each rank takes its local GPU)."
+            )
         if device.index >= torch.cuda.device_count():
-            raise FastcifarError(f"{option} '{name}' asks for GPU {device.index} but {torch.cuda.device_count()} are visible; pick cuda:0..{torch.cuda.device_count() - 1}.")
+            raise FastcifarError(
+                f"{option} '{name}' asks for GPU {device.index} but {torch.cuda.device_count()} are visible; "
+                f"pick cuda:0..{torch.cuda.device_count() - 1}."
+            )
         torch.cuda.set_device(device)
     return device
 

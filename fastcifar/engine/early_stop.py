@@ -63,4 +63,5 @@ class EarlyStopper:
         return {"best": self.best, "best_epoch": self.best_epoch, "bad": self.bad, "stopped_epoch": self.stopped_epoch}
 
     def load_state_dict(self, state: dict) -> None:
-        self.best, self.best_epoch, self.bad, self.stopped_epoch = state["best"], state["best_epoch"], state["bad"], state["stopped_epoch"]
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.bad, self.stopped_epoch = state["bad"], state["stopped_epoch"]

@@ -56,7 +56,9 @@ class ModelEma:
         ema = self._float_params + self._float_buffers
         new = [p.detach() for p in params] + floats
         if len(ema) != len(new):
-            raise ValueError("ModelEma.update got a model with a different set of tensors than the one it was built from")
+            raise ValueError(
+                "ModelEma.update got a model with a different set of tensors than the one it was built from"
+            )
         if ema:
             torch._foreach_lerp_(ema, new, weight)
         for mine, theirs in zip(self._other_buffers, others):

@@ -57,7 +57,9 @@ def evaluate(
     if split == "val":
         indices = split_indices(cfg, info.train_count)[1]
         if indices is None:
-            raise FastcifarError(f"Run '{path.parent}' held out no validation images (data.val_split: 0); evaluate split test or train.")
+            raise FastcifarError(
+                f"Run '{path.parent}' held out no validation images (data.val_split: 0); evaluate split test or train."
+            )
         data = eval_loader(cfg, "train", dev, indices, loader=loader or "gpu")
     else:
         data = eval_loader(cfg, split, dev, loader=loader or "gpu")
@@ -81,7 +83,10 @@ def evaluate(
 
 
 def _print(r: dict, name: str, console: Console) -> None:
-    table = Table(title=f"{name}: {Path(r['checkpoint']).name} (epoch {r['epoch'] + 1}) on {r['split']}{' + flip TTA' if r['tta'] else ''}")
+    table = Table(
+        title=f"{name}: {Path(r['checkpoint']).name} (epoch {r['epoch'] + 1}) on {r['split']}"
+        f"{' + flip TTA' if r['tta'] else ''}"
+    )
     for column in ("images", "top-1", "top-5", "loss", "data"):
         table.add_column(column, justify="right")
     table.add_row(f"{r['images']:,}", f"{r['acc']:.2%}", f"{r['top5']:.2%}", f"{r['loss']:.4f}",

@@ -43,7 +43,10 @@ def data_info(cfg: Config) -> DataInfo:
     if cfg.data.label == "coarse":
         names = manifest.get("coarse_class_names") or []
         if not names:
-            raise FastcifarError(f"data.label is 'coarse' but {cfg.data.dataset} has no coarse labels; use data.label: fine (coarse exists for cifar100 only).")
+            raise FastcifarError(
+                f"data.label is 'coarse' but {cfg.data.dataset} has no coarse labels; "
+                f"use data.label: fine (coarse exists for cifar100 only)."
+            )
     else:
         names = manifest["class_names"]
     return DataInfo(
@@ -67,12 +70,16 @@ def split_indices(cfg: Config, train_count: int) -> tuple[np.ndarray | None, np.
     if n_val <= 0:
         return None, None
     if n_val >= train_count:
-        raise FastcifarError(f"data.val_split is {n_val} but the train split has only {train_count} images; hold out fewer (e.g. {train_count // 10}).")
+        raise FastcifarError(
+            f"data.val_split is {n_val} but the train split has only {train_count} images; "
+            f"hold out fewer (e.g. {train_count // 10})."
+        )
     perm = torch.randperm(train_count, generator=torch.Generator().manual_seed(cfg.train.seed)).numpy()
     return np.sort(perm[:-n_val]).astype(np.int64), np.sort(perm[-n_val:]).astype(np.int64)
 
 
-def eval_loader(cfg: Config, split: str, device: torch.device, indices: np.ndarray | None = None, rank: int = 0, world_size: int = 1, loader: str = "gpu"):
+def eval_loader(cfg: Config, split: str, device: torch.device, indices: np.ndarray | None = None, rank: int = 0,
+                world_size: int = 1, loader: str = "gpu"):
     """A loader over `split` (or `indices` of it) for evaluation: unshuffled, not augmented, `eval_batch_size`.
 
     The `gpu` loader by default, whatever `cfg.data.loader` trains with: evaluation is a fixed pass over at

@@ -134,11 +134,14 @@ def most_confused(cm: torch.Tensor, class_names: list[str], k: int = 10) -> list
     pairs = []
     for value, index in zip(values.tolist(), flat.tolist()):
         true, pred = divmod(index, cm.shape[1])
-        pairs.append({"true": class_names[true], "predicted": class_names[pred], "count": int(value), "share": value / max(int(totals[true]), 1)})
+        pairs.append({"true": class_names[true], "predicted": class_names[pred], "count": int(value),
+                      "share": value / max(int(totals[true]), 1)})
     return pairs
 
 
-def write_confusion(cm: torch.Tensor, class_names: list[str], run_dir: str | os.PathLike, split: str, k: int = 20) -> list[dict]:
+def write_confusion(
+    cm: torch.Tensor, class_names: list[str], run_dir: str | os.PathLike, split: str, k: int = 20
+) -> list[dict]:
     """Write confusion.csv (rows = true class) and most_confused.txt; return the top pairs."""
     run_dir = Path(run_dir)
     cm = cm.detach().cpu().long()
@@ -150,7 +153,11 @@ def write_confusion(cm: torch.Tensor, class_names: list[str], run_dir: str | os.
     atomic.write_text(run_dir / "confusion.csv", buffer.getvalue())
     pairs = most_confused(cm, class_names, k)
     accuracy = cm.diag().sum().item() / max(cm.sum().item(), 1)
-    lines = [f"most confused pairs on the {split} split ({int(cm.sum())} images, top-1 {accuracy:.2%}); share = of the true class", ""]
+    lines = [
+        f"most confused pairs on the {split} split ({int(cm.sum())} images, top-1 {accuracy:.2%}); "
+        f"share = of the true class",
+        "",
+    ]
     lines += [f"{p['count']:6d}  {p['share']:6.1%}  {p['true']} -> {p['predicted']}" for p in pairs]
     atomic.write_text(run_dir / "most_confused.txt", "\n".join(lines) + "\n")
     return pairs

@@ -54,7 +54,8 @@ def param_groups(
         )
         for group in groups:
             group["name"], group["lr_scale"] = ("decay" if group["weight_decay"] else "no_decay"), 1.0
-    # decaying groups first (and the head's scale 1 first with layer decay): param_groups[0] is the peak lr the log shows
+    # decaying groups first (and the head's scale 1 first with layer decay):
+    # param_groups[0] is the peak lr the log shows
     return sorted(groups, key=lambda g: (-g["lr_scale"], g["weight_decay"] == 0))
 
 
@@ -130,7 +131,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epo
     warmup = round(sched.warmup_epochs * steps_per_epoch)
     if warmup > total:
         raise FastcifarError(
-            f"schedule.warmup_epochs ({sched.warmup_epochs}) is longer than the run ({cfg.train.epochs} epochs); lower it."
+            f"schedule.warmup_epochs ({sched.warmup_epochs}) is longer than the run "
+            f"({cfg.train.epochs} epochs); lower it."
         )
     kind = sched.name
     if sched.name == "onecycle":

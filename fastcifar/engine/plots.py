@@ -64,7 +64,8 @@ def plot_confusion(cm: torch.Tensor, class_names: list[str], path: str | os.Path
     if n <= 12:  # counts are readable only on small matrices
         for t in range(n):
             for p in range(n):
-                ax.text(p, t, int(cm[t, p]), ha="center", va="center", fontsize=7, color="white" if shares[t, p] > 0.5 else "black")
+                ax.text(p, t, int(cm[t, p]), ha="center", va="center", fontsize=7,
+                        color="white" if shares[t, p] > 0.5 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title or "confusion matrix")

@@ -28,7 +28,8 @@ class EpochProgress:
         console: where to draw (default: a new stdout console).
     """
 
-    def __init__(self, epoch: int, epochs: int, batches: int, enabled: bool = True, world_size: int = 1, console: Console | None = None):
+    def __init__(self, epoch: int, epochs: int, batches: int, enabled: bool = True, world_size: int = 1,
+                 console: Console | None = None):
         self.enabled, self.world_size = enabled, world_size
         self.images = 0
         self.progress = None
@@ -51,7 +52,10 @@ class EpochProgress:
         return self
 
     def advance(self, images: int, wait_s: float, elapsed_s: float) -> None:
-        """One more batch of `images` (this rank); `wait_s` = time blocked on the loader so far, `elapsed_s` = epoch time so far."""
+        """One more batch of `images` (this rank).
+
+        `wait_s` = time blocked on the loader so far, `elapsed_s` = epoch time so far.
+        """
         if self.progress is None:
             return
         self.images += images

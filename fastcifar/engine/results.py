@@ -93,7 +93,8 @@ def print_results(dirs: list[str | os.PathLike], console: Console | None = None)
     if not rows:
         console.print(f"No runs found under {', '.join(map(str, dirs))}; train one with `fastcifar train CONFIG`.")
         return rows
-    table = Table(title="fastcifar runs", caption="best acc: on the split of the run's select metric (val if held out, else test)")
+    table = Table(title="fastcifar runs",
+                  caption="best acc: on the split of the run's select metric (val if held out, else test)")
     table.add_column("run", overflow="fold", ratio=3)
     table.add_column("data", overflow="fold", ratio=1)
     table.add_column("model", overflow="fold", ratio=1)

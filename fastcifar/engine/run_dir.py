@@ -33,7 +33,8 @@ def make_run_dir(cfg: Config, now: float | None = None) -> Path:
             continue
         atomic.write_text(path / "config.yaml", dump_config(cfg))
         return path
-    raise RuntimeError(f"could not create a unique run folder under {out}")  # 1000 runs in one second: a bug, not a user error
+    # 1000 runs in one second: a bug, not a user error
+    raise RuntimeError(f"could not create a unique run folder under {out}")
 
 
 def _safe(name: str) -> str:

@@ -46,10 +46,14 @@ def load_teacher(cfg: Config, num_classes: int, device: torch.device) -> nn.Modu
     state = load_checkpoint(path)
     teacher_cfg = from_dict(state["config"])
     if int(state["num_classes"]) != num_classes:
-        raise FastcifarError(f"Teacher '{path}' predicts {state['num_classes']} classes but the student has {num_classes}; distill from a teacher trained on the same dataset and data.label.")
+        raise FastcifarError(
+            f"Teacher '{path}' predicts {state['num_classes']} classes but the student has {num_classes}; "
+            f"distill from a teacher trained on the same dataset and data.label."
+        )
     if teacher_cfg.augment.image_size != cfg.distill.teacher_image_size:  # legal, but rarely what was meant
-        warnings.warn(f"The teacher '{path}' was trained at {teacher_cfg.augment.image_size} px but distill.teacher_image_size "
-                      f"is {cfg.distill.teacher_image_size}; it will score inputs of a size it never saw.", stacklevel=2)
+        warnings.warn(f"The teacher '{path}' was trained at {teacher_cfg.augment.image_size} px but "
+                      f"distill.teacher_image_size is {cfg.distill.teacher_image_size}; it will score inputs of a size "
+                      f"it never saw.", stacklevel=2)
     # Weights come from the checkpoint (best.pt holds them): hub weights are never downloaded again for the teacher.
     teacher = model_from_checkpoint(state, str(path), device, channels_last=cfg.train.channels_last,
                                     extra_sizes=[cfg.distill.teacher_image_size])  # a fixed-size teacher must fit it
