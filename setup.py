@@ -36,7 +36,7 @@ setup(
         "dali-cuda120": ["nvidia-dali-cuda120>=2,<3"],  # the CUDA 12 build, for older drivers (instead of [dali])
         "all": [*FFCV, *DALI, "tensorboard"],
         "tensorboard": ["tensorboard"],
-        "dev": ["pytest>=8", "pytest-timeout"],
+        "dev": ["pytest>=8", "pytest-timeout", "ruff>=0.6,<1"],
     },
     entry_points={"console_scripts": ["fastcifar=fastcifar.cli:main"]},
 )

@@ -86,9 +86,11 @@ def to_markdown(agg: dict) -> str:
     for r in sorted(agg["rows"], key=lambda r: (r["view"], r["image_size"], r["loader"] or "")):
         lines.append(f"| {r['view']} | {r['loader'] or '-'} | {r['image_size']} | {_fmt(r['img_s'])} | "
                      f"{_fmt(r['img_s_median'])} | {_fmt(r['vs_torch'], 1, 'x')} | "
-                     f"{','.join('-' if b is None else str(b) for b in r['epoch_boundaries'])} | {'yes' if r['noisy'] else ''} |")
+                     f"{','.join('-' if b is None else str(b) for b in r['epoch_boundaries'])} | "
+                     f"{'yes' if r['noisy'] else ''} |")
     lines += ["", "## Machine noise per repeat", "",
-              "| repeat | started | load avg start → end | other processes' CPU share | own CPU % of all cores | busy |",
+              "| repeat | started | load avg start → end | other processes' CPU share "
+              "| own CPU % of all cores | busy |",
               "|---|---|---|---|---|---|"]
     for i, n in enumerate(agg["noise"], 1):
         others = "-" if n["others_cpu_share"] is None else f"{100 * n['others_cpu_share']:.0f} %"

@@ -69,17 +69,21 @@ if not console.is_terminal:  # piped into a log: rich would wrap the tables at 8
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the `fastcifar bench` options on `parser`."""
     what = parser.add_argument_group("what to measure")
-    what.add_argument("--views", default="loader,model,e2e", help="comma-separated subset of loader (augmented batches, "
-                      "no model), model (train step on a synthetic batch: the ceiling), e2e (train step fed by the loader), "
+    what.add_argument("--views", default="loader,model,e2e",
+                      help="comma-separated subset of loader (augmented batches, "
+                      "no model), model (train step on a synthetic batch: the ceiling), "
+                      "e2e (train step fed by the loader), "
                       "run (a short `fastcifar train` with evaluation and checkpoints; not in the default)")
-    what.add_argument("--config", default=None, help="a packaged config name or a YAML file: measure its own augmentation "
+    what.add_argument("--config", default=None,
+                      help="a packaged config name or a YAML file: measure its own augmentation "
                       "policy, image size, model, AMP and compile settings (default: the bench's defaults)")
     what.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                      help="override a config key, checked by the schema (repeatable), e.g. --set augment.policy=randaugment")
+                      help="override a config key, checked by the schema (repeatable), "
+                      "e.g. --set augment.policy=randaugment")
     what.add_argument("--loaders", default=DEFAULT_LOADERS, help=f"comma-separated subset of {','.join(VARIANTS)}")
     what.add_argument("--image-sizes", default=None, help="comma-separated px (default: the config's image size with "
-                      "--config, else 32,64,128,224; on a CPU the model, e2e and run views run only at the smallest unless "
-                      "sizes are given or --sweep size)")
+                      "--config, else 32,64,128,224; on a CPU the model, e2e and run views run only at the smallest "
+                      "unless sizes are given or --sweep size)")
     what.add_argument("--batch-size", type=int, default=None, help="images per step (default: the config's, else 256)")
     what.add_argument("--model", default=None, help="any timm model name (default: the config's, else resnet18)")
     what.add_argument("--cifar-stem", action=argparse.BooleanOptionalAction, default=None,
@@ -87,17 +91,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--run-epochs", type=int, default=DEFAULT_RUN_EPOCHS,
                       help=f"epochs of the run view's training (default {DEFAULT_RUN_EPOCHS})")
     what.add_argument("--sweep", choices=("none", "size", "batch", "workers"), default="none",
-                      help="size: every view at every image size; batch / workers: repeat the views over --sweep-values")
+                      help="size: every view at every image size; "
+                      "batch / workers: repeat the views over --sweep-values")
     what.add_argument("--sweep-values", default=None, help="comma-separated values for --sweep batch|workers "
-                      f"(default batch {','.join(map(str, SWEEP_DEFAULTS['batch']))}, workers {','.join(map(str, SWEEP_DEFAULTS['workers']))})")
+                      f"(default batch {','.join(map(str, SWEEP_DEFAULTS['batch']))}, "
+                      f"workers {','.join(map(str, SWEEP_DEFAULTS['workers']))})")
 
     how = parser.add_argument_group("how to run it")
     how.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    how.add_argument("--iters", type=int, default=None, help="timed windows per cell (a window: up to workers x prefetch batches or 0.5 s; more until an epoch boundary "
+    how.add_argument("--iters", type=int, default=None,
+                     help="timed windows per cell (a window: up to workers x prefetch batches or 0.5 s; "
+                     "more until an epoch boundary "
                      "was crossed); the headline is overall img/s over them, the median and min-max beside it "
                      f"(default {DEFAULT_ITERS['cuda']} with CUDA, {DEFAULT_ITERS['cpu']} on a CPU)")
-    how.add_argument("--warmup", type=int, default=3, help="warm-up before measuring: the first batch plus WARMUP-1 windows, timed on their own (default 3)")
-    how.add_argument("--timed-epochs", type=int, default=0, help="time at least this many whole epochs per loader cell, "
+    how.add_argument("--warmup", type=int, default=3,
+                     help="warm-up before measuring: the first batch plus WARMUP-1 windows, timed on their own "
+                     "(default 3)")
+    how.add_argument("--timed-epochs", type=int, default=0,
+                     help="time at least this many whole epochs per loader cell, "
                      "so epoch-boundary stalls weigh what they weigh in training (default 0: the iters windows, "
                      "stretched until at least one epoch boundary was crossed)")
     how.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -120,7 +131,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument("--json", metavar="PATH", help="write rows + provenance as JSON")
     out.add_argument("--markdown", metavar="PATH", help="write the tables as Markdown")
-    out.add_argument("--png", metavar="PATH", help="write the img/s chart (loader x image size, log scale, ceiling lines)")
+    out.add_argument("--png", metavar="PATH",
+                     help="write the img/s chart (loader x image size, log scale, ceiling lines)")
     out.add_argument("--out", metavar="DIR", help="write all three as DIR/<device>-<tag>-<date>.{json,md,png}")
     out.add_argument("--tag", default=None, help="name part for --out files (default: the hostname)")
 
@@ -160,7 +172,8 @@ def _backend_missing(variant: str) -> str | None:
         with keep_torch_threads():  # importing ffcv sets torch's intra-op threads to 1 for the whole process
             __import__(module)
     except Exception as error:  # noqa: BLE001 - a broken install is reported as 'cannot run', with its cause
-        return f"{module} does not import ({type(error).__name__}: {error}); install it with pip install 'fastcifar[{extra}]'."
+        return (f"{module} does not import ({type(error).__name__}: {error}); "
+                f"install it with pip install 'fastcifar[{extra}]'.")
     return None
 
 
@@ -200,13 +213,15 @@ def _prepared_formats(dataset: str, root: Path) -> set[str]:
 # ---------------------------------------------------------------------------- planning
 
 
-def _plan(args: argparse.Namespace, device: torch.device, variants: list[str], views: list[str]) -> tuple[list, list, list]:
+def _plan(args: argparse.Namespace, device: torch.device, variants: list[str],
+          views: list[str]) -> tuple[list, list, list]:
     """Cells to measure as (view, variant, image_size, overrides), plus skipped cells and notes."""
     sizes_given = args.image_sizes is not None
     sizes = _ints(args.image_sizes, "--image-sizes") if sizes_given else list(DEFAULT_SIZES)
     skipped, notes = [], []
     if args.sweep in ("batch", "workers"):
-        values = _ints(args.sweep_values, "--sweep-values", 0 if args.sweep == "workers" else 1) if args.sweep_values else list(SWEEP_DEFAULTS[args.sweep])
+        values = (_ints(args.sweep_values, "--sweep-values", 0 if args.sweep == "workers" else 1)
+                  if args.sweep_values else list(SWEEP_DEFAULTS[args.sweep]))
         if not sizes_given:
             sizes = sizes[:1]
             notes.append(f"--sweep {args.sweep} runs at {sizes[0]} px unless --image-sizes is given.")
@@ -222,15 +237,16 @@ def _plan(args: argparse.Namespace, device: torch.device, variants: list[str], v
         model_sizes = sizes[:1]
         for size in sizes[1:]:
             skipped.append({"view": "+".join(trains), "loader": None, "image_size": size, "reason": (
-                f"skipped on a CPU by default: a {args.model or 'resnet18'} train step at {size} px is seconds per batch "
-                "here; pass --image-sizes or --sweep size to run it.")})
+                f"skipped on a CPU by default: a {args.model or 'resnet18'} train step at {size} px "
+                "is seconds per batch here; pass --image-sizes or --sweep size to run it.")})
     if ("e2e" in views or "run" in views) and "model" not in views:
         views = ["model", *views]
         notes.append("the model-only view was added: end-to-end and real-run ratios need its ceiling.")
     cells = []
     for index, over in enumerate(overrides):
         first = index == 0
-        for view in ("loader", "model", "e2e", "run"):  # the ceiling right before the rows it divides: same machine state
+        # the ceiling right before the rows it divides: same machine state
+        for view in ("loader", "model", "e2e", "run"):
             if view not in views:
                 continue
             if view == "model":
@@ -241,7 +257,8 @@ def _plan(args: argparse.Namespace, device: torch.device, variants: list[str], v
             for variant in variants:
                 if args.sweep == "workers" and variant == "gpu" and not first:
                     skipped.append({"view": view, "loader": variant, "image_size": None,
-                                    "reason": f"workers={over['workers']}: the gpu loader has no workers (measured once)."})
+                                    "reason": f"workers={over['workers']}: "
+                                    "the gpu loader has no workers (measured once)."})
                     continue
                 cells += [(view, variant, s, over) for s in (sizes if view == "loader" else model_sizes)]
     return cells, skipped, notes
@@ -289,7 +306,8 @@ def _settings(args: argparse.Namespace, device: torch.device, root: Path, cfg: C
 def _policy(cfg: Config) -> dict:
     """The augmentation policy as the keys that differ from the schema's defaults (size and scales aside)."""
     default = to_dict(Config())["augment"]
-    return {k: v for k, v in to_dict(cfg)["augment"].items() if v != default.get(k) and k not in ("image_size", "scales")}
+    return {k: v for k, v in to_dict(cfg)["augment"].items()
+            if v != default.get(k) and k not in ("image_size", "scales")}
 
 
 def _measure(cells: list, base: BenchSettings, info, skipped: list, failed: list, run_epochs: int = DEFAULT_RUN_EPOCHS,
@@ -312,7 +330,8 @@ def _measure(cells: list, base: BenchSettings, info, skipped: list, failed: list
                 else:
                     ceiling = ceilings.get((size, settings.batch_size))
                     if ceiling is None:
-                        skipped.append({"view": view, "loader": variant, "image_size": size, "reason": "no model-only ceiling was measured."})
+                        skipped.append({"view": view, "loader": variant, "image_size": size,
+                                        "reason": "no model-only ceiling was measured."})
                         continue
                     if view == "e2e":
                         row = end_to_end(settings, variant, size, info, ceiling)
@@ -323,17 +342,20 @@ def _measure(cells: list, base: BenchSettings, info, skipped: list, failed: list
             console.print(f"[yellow]skipped[/] {label}: {error}", highlight=False)
             continue
         except Exception as error:  # noqa: BLE001 - recorded and re-raised after the report is written
-            failed.append({"view": view, "loader": variant, "image_size": size, "reason": f"{type(error).__name__}: {error}"})
+            failed.append({"view": view, "loader": variant, "image_size": size,
+                           "reason": f"{type(error).__name__}: {error}"})
             console.print(f"[bold red]failed[/] {label}: {type(error).__name__}: {error}", highlight=False)
             continue
         extra = ""
         if view in ("e2e", "run"):
             waits = [f"{name} {100 * row[key]:.0f} %" for name, key in (("host wait", "data_wait_share"),
                      ("device idle", "device_wait_share")) if row.get(key) is not None]
-            extra = f" · ratio {row['ratio']:.2f} · {' · '.join(waits)}" + (f" · {row['verdict']}" if "verdict" in row else "")
+            extra = f" · ratio {row['ratio']:.2f} · {' · '.join(waits)}" + (
+                f" · {row['verdict']}" if "verdict" in row else "")
         if row.get("epoch_boundaries") is not None:
             extra += f" · {row['epoch_boundaries']} epoch boundar{'y' if row['epoch_boundaries'] == 1 else 'ies'} timed"
-        console.print(f"{label}: {row['img_s']:,.0f} img/s overall (warm-up {row['warmup_s']:.1f} s){extra}", highlight=False)
+        console.print(f"{label}: {row['img_s']:,.0f} img/s overall (warm-up {row['warmup_s']:.1f} s){extra}",
+                      highlight=False)
         rows.append(row)
         if on_row is not None:
             on_row(rows)
@@ -347,7 +369,8 @@ def run_bench(args: argparse.Namespace) -> dict:
         args.iters = DEFAULT_ITERS[device.type]
     views = _names(args.views, VIEWS, "view")
     variants = _names(args.loaders, tuple(VARIANTS), "loader")
-    if args.iters < 1 or args.warmup < 1 or (args.batch_size is not None and args.batch_size < 1) or args.run_epochs < 1:
+    if (args.iters < 1 or args.warmup < 1 or (args.batch_size is not None and args.batch_size < 1)
+            or args.run_epochs < 1):
         raise FastcifarError("--iters, --warmup, --batch-size and --run-epochs must be at least 1; pass larger values.")
     if args.timed_epochs < 0:
         raise FastcifarError(f"--timed-epochs must be 0 or more, got {args.timed_epochs}.")
@@ -365,7 +388,8 @@ def run_bench(args: argparse.Namespace) -> dict:
             cells = [c for c in cells if c[1] != variant]
     formats = {"npy"} | {FORMATS[VARIANTS[c[1]][0]] for c in cells if c[1]}
     if args.iters < MIN_ITERS_FOR_MEDIAN:
-        notes.append(f"only {args.iters} measured iterations per cell: medians are rough (use --iters >= {MIN_ITERS_FOR_MEDIAN}).")
+        notes.append(f"only {args.iters} measured iterations per cell: medians are rough "
+                     f"(use --iters >= {MIN_ITERS_FOR_MEDIAN}).")
 
     with bench_root(args, formats) as root:
         if args.root:
@@ -373,7 +397,8 @@ def run_bench(args: argparse.Namespace) -> dict:
             for fmt in sorted(missing):
                 users = sorted({c[1] for c in cells if c[1] and FORMATS[VARIANTS[c[1]][0]] == fmt})
                 skipped.append({"view": "all", "loader": ",".join(users), "image_size": None, "reason": (
-                    f"the {fmt} format is not prepared under {root}; run `fastcifar data prepare {args.dataset} --formats {fmt}"
+                    f"the {fmt} format is not prepared under {root}; "
+                    f"run `fastcifar data prepare {args.dataset} --formats {fmt}"
                     f" --root {root}`.")})
             cells = [c for c in cells if not c[1] or FORMATS[VARIANTS[c[1]][0]] not in missing]
         settings = _settings(args, device, root, cfg, base)
@@ -412,13 +437,15 @@ def run_bench(args: argparse.Namespace) -> dict:
     above = [r for r in rows if r["view"] == "e2e" and r["ratio"] > ABOVE_CEILING_NOTE]
     if above:
         worst = max(above, key=lambda r: r["ratio"])
-        notes.append(f"{len(above)} end-to-end row(s) measured above the model-only ceiling (up to {worst['ratio']:.2f}x, "
+        notes.append(f"{len(above)} end-to-end row(s) measured above the model-only ceiling "
+                     f"(up to {worst['ratio']:.2f}x, "
                      f"{worst['loader']} at {worst['image_size']} px): run-to-run noise of this machine (compare the "
                      "min–max ranges); read a ratio above 1 as 'at the ceiling'.")
     report.print_tables(result, console)
     _write_outputs(args, result, device)
     if failed:
-        raise FastcifarError(f"{len(failed)} benchmark cell(s) failed ({failed[0]['reason']}); the report lists them under 'failed'.")
+        raise FastcifarError(f"{len(failed)} benchmark cell(s) failed ({failed[0]['reason']}); "
+                             "the report lists them under 'failed'.")
     return result
 
 

@@ -79,7 +79,8 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.0f} %"
 
 
-_waits = [("host wait", lambda r: _pct(r.get("data_wait_share"))), ("device idle", lambda r: _pct(r.get("device_wait_share")))]
+_waits = [("host wait", lambda r: _pct(r.get("data_wait_share"))),
+          ("device idle", lambda r: _pct(r.get("device_wait_share")))]
 
 
 def _columns(view: str, result: dict) -> list[tuple[str, callable]]:
@@ -104,7 +105,8 @@ def _columns(view: str, result: dict) -> list[tuple[str, callable]]:
                 ("epochs", lambda r: str(r["epochs"])), ("wall s", lambda r: _num(r["wall_s"], 1)),
                 ("train s", lambda r: _num(r["train_s"], 1)), ("eval s", lambda r: _num(r["eval_s"], 2)),
                 ("ckpt s", lambda r: _num(r.get("ckpt_s"), 2)), ("warm-up s", lambda r: _num(r["warmup_s"], 1)),
-                ("train share", lambda r: _pct(r["train_share"])), ("ceiling img/s", lambda r: _num(r["ceiling_img_s"])),
+                ("train share", lambda r: _pct(r["train_share"])),
+                ("ceiling img/s", lambda r: _num(r["ceiling_img_s"])),
                 ("ratio", lambda r: f"{r['ratio']:.2f}"), *_waits]
     return [("loader", lambda r: r["loader"]), *swept, *size, *rate, *bounds,
             ("ceiling img/s", lambda r: _num(r["ceiling_img_s"])), ("ratio", lambda r: f"{r['ratio']:.2f}"),
@@ -129,7 +131,8 @@ def _headline(result: dict) -> list[str]:
     settings = prov["settings"]
     synthetic = {"synthetic": "SYNTHETIC stand-in (image content does not affect throughput)",
                  "custom": "custom data (the user's own, in the CIFAR layout)"}.get(source_of(data), "official data")
-    host = f"{prov['cpu_count']} CPU cores" if prov["device"] == "cpu" else f"host {prov['cpu_model']}, {prov['cpu_count']} CPU cores"
+    host = (f"{prov['cpu_count']} CPU cores" if prov["device"] == "cpu"
+            else f"host {prov['cpu_model']}, {prov['cpu_count']} CPU cores")
     policy = " + ".join(f"{k} {v}" for k, v in result["policy"].items()) or "none"
     config = result.get("config") or {}
     source = f"config {config['name']}" if config.get("name") else "bench defaults"
@@ -146,10 +149,12 @@ def _headline(result: dict) -> list[str]:
     ]
     if load:
         lines.append(
-            f"machine load: avg {load['load_avg_start'][0]} at start, {load['load_avg_end'][0]} at end; other processes used "
-            f"{100 * (load['others_cpu_share'] or 0):.0f} % of all cores" + (" — BUSY, numbers may be low" if load["busy"] else "")
+            f"machine load: avg {load['load_avg_start'][0]} at start, {load['load_avg_end'][0]} at end; "
+            f"other processes used {100 * (load['others_cpu_share'] or 0):.0f} % of all cores"
+            + (" — BUSY, numbers may be low" if load["busy"] else "")
         )
-    lines.append(f"git {(prov['git']['hash'] or 'unknown')[:12]}{' (dirty)' if prov['git']['dirty'] else ''} · {prov['hostname']} · {prov['date']}")
+    lines.append(f"git {(prov['git']['hash'] or 'unknown')[:12]}{' (dirty)' if prov['git']['dirty'] else ''} · "
+                 f"{prov['hostname']} · {prov['date']}")
     return lines
 
 
@@ -157,7 +162,8 @@ TIMING_NOTE = (
     "img/s overall (the headline): all timed images / all timed time, epoch-boundary stalls included; the timed "
     "region of every loader cell crosses at least one epoch boundary ('epoch bounds' says how many; 'bound fetch s' "
     "is the slowest fetch that opened an epoch). median and min–max: per-window rates, the steady state without "
-    f"stalls; a window is up to workers x prefetch consecutive batches (1 for the model-only view) or {MIN_WINDOW_S} s, "
+    "stalls; a window is up to workers x prefetch consecutive batches (1 for the model-only view) "
+    f"or {MIN_WINDOW_S} s, "
     "so batches a loader prefetched ahead cannot pass for throughput. ms/batch: window time / its batches (median). "
     "host wait: host blocked getting the next augmented batch / wall time; device idle (CUDA): device time between "
     "train steps / device time of the timed steps. CPU %: CPU time of the process and its workers over the timed "
@@ -227,7 +233,8 @@ def to_markdown(result: dict) -> str:
     if rows_of(result, "e2e"):
         out += [VERDICT_RULE, ""]
     if result["rows"]:
-        out += ["## Warm-up (timed on its own, never inside img/s)", "", *_md_table(_warmup_columns(result), result["rows"]), ""]
+        out += ["## Warm-up (timed on its own, never inside img/s)", "",
+                *_md_table(_warmup_columns(result), result["rows"]), ""]
     if result["skipped"]:
         out += ["## Skipped", ""] + [f"- {_skipped_text(item)}" for item in result["skipped"]] + [""]
     if result.get("failed"):
@@ -295,14 +302,16 @@ def _bars(ax, rows: list[dict], key: str, ceilings: dict, view: str) -> None:
     for g, group in enumerate(groups):
         if group in ceilings:
             ax.hlines(ceilings[group], g - 0.45, g + 0.45, colors="black", linestyles="dashed",
-                      label="model-only ceiling" if g == min(i for i, gr in enumerate(groups) if gr in ceilings) else None)
+                      label="model-only ceiling"
+                      if g == min(i for i, gr in enumerate(groups) if gr in ceilings) else None)
     values = [r["img_s"] for r in rows] + [ceilings[g] for g in groups if g in ceilings]
     ax.set_ylim(min(values) / 3, max(values) * 3)  # log bars need a floor; keep every bar and ceiling in view
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([_group_label(g, key) for g in groups])
     ax.set_yscale("log")
     ax.set_ylabel("img/s (overall, log scale)")
-    ax.set_title("loader only (augmented batches)" if view == "loader" else "end to end (train step)" if view == "e2e" else "model only")
+    ax.set_title("loader only (augmented batches)" if view == "loader"
+                 else "end to end (train step)" if view == "e2e" else "model only")
     ax.grid(axis="y", which="both", alpha=0.3)
     ax.legend(fontsize=8)
 

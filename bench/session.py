@@ -97,7 +97,8 @@ def _bench_rows(step: Step, log: str) -> dict:
         return {"rows": [], "note": "no bench JSON was written"}
     data = json.loads(Path(step.json_out).read_text())
     keep = ("view", "loader", "image_size", "img_s", "img_s_median", "img_s_min", "img_s_max", "epoch_boundaries",
-            "batches", "batches_per_epoch", "boundary_fetch_s", "boundary_fetches_s", "ratio", "data_wait_share", "device_wait_share",
+            "batches", "batches_per_epoch", "boundary_fetch_s", "boundary_fetches_s", "ratio", "data_wait_share",
+            "device_wait_share",
             "verdict", "warmup_s", "first_step_s", "first_batch_s", "eval_s", "ckpt_s", "wall_s")
     return {"rows": [{k: r[k] for k in keep if k in r} for r in data["rows"]], "skipped": data.get("skipped", []),
             "failed": data.get("failed", []), "partial": data.get("partial")}
@@ -109,7 +110,8 @@ RECOMPILE = re.compile(r"Recompiling function (\S+)")
 def _recompiles(step: Step, log: str) -> dict:
     """Recompilations TORCH_LOGS=recompiles reported, with the function and the first guard failures."""
     hits = RECOMPILE.findall(log)
-    reasons = [line.strip() for line in log.splitlines() if "__recompiles" in line and "Recompiling function" not in line][:10]
+    reasons = [line.strip() for line in log.splitlines()
+               if "__recompiles" in line and "Recompiling function" not in line][:10]
     epochs = len(re.findall(r"epoch\s+\d+/\d+", log))
     return {"recompiles": len(hits), "functions": sorted(set(hits)), "reasons": reasons, "epoch_lines": epochs}
 
@@ -177,8 +179,8 @@ def _steps(plan: str, work: Path, s: Scale) -> list[Step]:
         host_sync = ROOT / "tests" / "test_host_sync.py"
         pytest = [_python(), "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider"]
         train = _cli("train", "resnet18_arcface_224", "--root", str(work / "data"), "--epochs", "2",
-                     "--set", "model.pretrained=false", "--set", f"train.out_dir={work / 'runs'}", "--set", "data.val_split=0",
-                     *s.train_args)
+                     "--set", "model.pretrained=false", "--set", f"train.out_dir={work / 'runs'}",
+                     "--set", "data.val_split=0", *s.train_args)
         return [
             _data_step(work, s, budget=30),
             Step("cuda_tests", [*pytest, "-k", "cuda or gpu", f"--ignore={host_sync}", str(ROOT / "tests")], 60,
@@ -186,7 +188,8 @@ def _steps(plan: str, work: Path, s: Scale) -> list[Step]:
             Step("host_sync", [*pytest, "-m", "gpu", str(host_sync)], 40, min_s=15, parse=_pytest,
                  skip=None if host_sync.exists() else "tests/test_host_sync.py is not in this tree"),
             Step("recompiles", train, 60, min_s=30, env={"TORCH_LOGS": "recompiles"}, parse=_recompiles),
-            _bench(work, "dali_boundary", s, "--views", "loader", "--loaders", "dali", "--image-sizes", ",".join(dict.fromkeys(("32", big))),
+            _bench(work, "dali_boundary", s, "--views", "loader", "--loaders", "dali",
+                   "--image-sizes", ",".join(dict.fromkeys(("32", big))),
                    "--timed-epochs", "2", budget=25, min_s=10),
             _bench(work, "e2e_224", s, "--views", "e2e", "--loaders", "gpu,dali,ffcv,torch", "--image-sizes", big,
                    "--timed-epochs", "2", budget=80, min_s=30),
@@ -236,7 +239,8 @@ def run_plan(steps: list[Step], budget_s: float, out_path: Path, header: dict, l
         if step.skip:
             record.update(status="skipped", reason=step.skip)
         elif left < step.min_s:
-            record.update(status="not-run", reason=f"time budget: {left:.0f} s left, the step needs at least {step.min_s:.0f} s")
+            record.update(status="not-run",
+                          reason=f"time budget: {left:.0f} s left, the step needs at least {step.min_s:.0f} s")
         else:
             timeout = min(step.budget_s, left)
             t0 = clock()
@@ -254,7 +258,8 @@ def run_plan(steps: list[Step], budget_s: float, out_path: Path, header: dict, l
         result["elapsed_s"] = round(clock() - start, 1)
         _write(out_path, result)
         print(f"[{result['elapsed_s']:6.1f} s / {budget_s:.0f} s] {step.name}: {record['status']}"
-              + (f" ({record['elapsed_s']} s)" if "elapsed_s" in record else f": {record.get('reason', '')}"), flush=True)
+              + (f" ({record['elapsed_s']} s)" if "elapsed_s" in record else f": {record.get('reason', '')}"),
+              flush=True)
     result["elapsed_s"] = round(clock() - start, 1)
     result["within_budget"] = result["elapsed_s"] <= budget_s
     _write(out_path, result)
@@ -285,8 +290,9 @@ def merge_bench(paths: list[Path]) -> dict | None:
             merged[key] += part.get(key, [])
     merged["notes"] = list(dict.fromkeys(merged["notes"]))
     sizes = sorted({r["image_size"] for r in merged["rows"]})
-    merged["provenance"] = {**merged["provenance"], "settings": {**merged["provenance"]["settings"], "image_sizes": sizes,
-                                                                 "views": sorted({r["view"] for r in merged["rows"]})}}
+    merged["provenance"] = {**merged["provenance"],
+                            "settings": {**merged["provenance"]["settings"], "image_sizes": sizes,
+                                         "views": sorted({r["view"] for r in merged["rows"]})}}
     partial = [p.get("partial") for p in parts if p.get("partial")]
     if partial:
         merged["partial"] = "; ".join(partial)

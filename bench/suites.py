@@ -91,7 +91,8 @@ class BenchSettings:
 
     def __post_init__(self) -> None:
         if self.iters < 1 or self.warmup < 1:
-            raise FastcifarError(f"--iters ({self.iters}) and --warmup ({self.warmup}) must be at least 1; pass larger values.")
+            raise FastcifarError(f"--iters ({self.iters}) and --warmup ({self.warmup}) must be at least 1; "
+                                 "pass larger values.")
         if self.amp not in AMP_DTYPES:
             raise FastcifarError(f"Unknown --amp '{self.amp}'; choose {', '.join(AMP_DTYPES)}.")
 
@@ -194,7 +195,8 @@ def _check_ready(x: torch.Tensor, batch_size: int, image_size: int, dtype: torch
     expected = (batch_size, 3, image_size, image_size)
     if tuple(x.shape) != expected or x.dtype != dtype or not x.is_contiguous(memory_format=torch.channels_last):
         raise RuntimeError(f"augmented batch is {x.dtype} {tuple(x.shape)} (channels_last: "
-                           f"{x.is_contiguous(memory_format=torch.channels_last)}), expected {dtype} {expected} channels_last")
+                           f"{x.is_contiguous(memory_format=torch.channels_last)}), "
+                           f"expected {dtype} {expected} channels_last")
 
 
 class TrainStep:
@@ -212,7 +214,8 @@ class TrainStep:
         set_backend_flags()  # the trainer's cuDNN / TF32 settings, so the ceiling is the trainer's ceiling
         self.model = build_model_on(cfg, num_classes, device)
         self.model.train()
-        if cfg.train.compile:  # the trainer's compile: static shapes, fresh dynamo caches (compile time stays in warm-up)
+        # the trainer's compile: static shapes, fresh dynamo caches (compile time stays in warm-up)
+        if cfg.train.compile:
             compile_model(self.model, cfg, graphs=1)  # one image size and batch size per cell
         self.optimizer, self.scaler = optimizer_and_scaler(self.model, cfg, device)
         self.objective = make_objective(build_criterion(cfg))
@@ -223,7 +226,8 @@ class TrainStep:
         """One step on x [B, 3, S, S] (channels_last, on the device); returns the detached loss, no host sync."""
         from fastcifar.engine.step import train_step
 
-        loss, _ = train_step(self.model, x, targets, self.objective, self.optimizer, self.scaler, self.autocast, self.grad_clip)
+        loss, _ = train_step(self.model, x, targets, self.objective, self.optimizer, self.scaler, self.autocast,
+                             self.grad_clip)
         return loss
 
 
@@ -292,7 +296,8 @@ def _timed(step: Callable[[], object], settings: BenchSettings, device: torch.de
     warm = time.perf_counter() - start
     position_s = 0.0
     if pipe is not None:
-        est = sorted(warm_sizes)[len(warm_sizes) // 2] if warm_sizes else min(window, max(1, int(MIN_WINDOW_S / max(first, 1e-6))))
+        est = (sorted(warm_sizes)[len(warm_sizes) // 2] if warm_sizes
+               else min(window, max(1, int(MIN_WINDOW_S / max(first, 1e-6)))))
         position_s = _position(pipe, skip or step, step, settings, window, est)
         synchronize(device)
     if on_measure_start is not None:
@@ -302,7 +307,8 @@ def _timed(step: Callable[[], object], settings: BenchSettings, device: torch.de
     if pipe is not None:
         epoch0, fetches0 = pipe.epoch, len(pipe.boundary_fetch_s)
         need_epochs, need_batches = max(1, settings.timed_epochs), settings.timed_epochs * len(pipe)
-        cap = (need_epochs + 2) * len(pipe)  # timed batches at most: a loader that never reaches a boundary cannot hang us
+        # timed batches at most: a loader that never reaches a boundary cannot hang us
+        cap = (need_epochs + 2) * len(pipe)
         counted = {"n": 0}
 
         def step_counted() -> None:
@@ -359,7 +365,8 @@ def _row(view: str, settings: BenchSettings, variant: str | None, image_size: in
 
 
 def _model_fields(settings: BenchSettings) -> dict:
-    return {"model": settings.model, "cifar_stem": settings.cifar_stem, "amp": settings.amp, "compile": settings.compile}
+    return {"model": settings.model, "cifar_stem": settings.cifar_stem, "amp": settings.amp,
+            "compile": settings.compile}
 
 
 def _loader_fields(variant: str, pipe: Pipeline) -> dict:

@@ -250,7 +250,8 @@ def _check_value(where: str, value: Any, hint: Any) -> Any:
         raise FastcifarError(f"{where} must be {names}, got {value!r}.")
     if origin is dict:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise FastcifarError(f"{where} must be a mapping of names to values, got {value!r}; write it as {{key: value}}.")
+            raise FastcifarError(f"{where} must be a mapping of names to values, got {value!r}; "
+                                 "write it as {key: value}.")
         return dict(value)
     if origin is list:
         (item,) = typing.get_args(hint)
@@ -267,7 +268,8 @@ def _check_value(where: str, value: Any, hint: Any) -> Any:
         raise FastcifarError(f"{where} must be a {hint.__name__}, got {value!r}.")
     choices = CHOICES.get(where)
     if choices and value not in choices:
-        raise FastcifarError(f"{where} must be one of {', '.join(choices)}, got {value!r}; {_closest(str(value), list(choices))}")
+        raise FastcifarError(f"{where} must be one of {', '.join(choices)}, got {value!r}; "
+                             f"{_closest(str(value), list(choices))}")
     return value
 
 
@@ -351,7 +353,8 @@ def _check_ranges(config: Config) -> None:
             low_text = "" if low is None else (f">= {low}" if low_in else f"> {low}")
             high_text = "" if high is None else (f"<= {high}" if high_in else f"< {high}")
             bounds = " and ".join(t for t in (low_text, high_text) if t)
-            raise FastcifarError(f"{dotted} must be {bounds}, got {value}; fix it in the YAML or with --set {dotted}=...")
+            raise FastcifarError(f"{dotted} must be {bounds}, got {value}; "
+                                 f"fix it in the YAML or with --set {dotted}=...")
     for side in [*config.augment.scales, config.augment.image_size]:
         if side < 1:
             raise FastcifarError(f"augment.image_size and augment.scales must be positive sides in px, got {side}.")
@@ -452,11 +455,13 @@ def resolve_config_path(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
-            raise FastcifarError(f"Config file '{path}' does not exist; give a YAML path or a name from `fastcifar configs`.")
+            raise FastcifarError(f"Config file '{path}' does not exist; "
+                                 "give a YAML path or a name from `fastcifar configs`.")
         return path
     known = packaged_configs()
     if name_or_path not in known:
-        raise FastcifarError(f"No packaged config named '{name_or_path}': {_closest(name_or_path, sorted(known))} (`fastcifar configs` lists them).")
+        raise FastcifarError(f"No packaged config named '{name_or_path}': {_closest(name_or_path, sorted(known))} "
+                             "(`fastcifar configs` lists them).")
     return known[name_or_path]
 
 
@@ -473,7 +478,8 @@ def read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise FastcifarError(f"Config file '{path}' is not valid YAML ({e.__class__.__name__}: {e}); fix the line it names.") from None
+        raise FastcifarError(f"Config file '{path}' is not valid YAML ({e.__class__.__name__}: {e}); "
+                             "fix the line it names.") from None
     if not isinstance(data, dict):
         raise FastcifarError(f"Config file '{path}' must be a mapping of sections, got {type(data).__name__}.")
     return data

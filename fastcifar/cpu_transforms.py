@@ -168,7 +168,8 @@ def _train_steps(cfg: AugmentConfig) -> tuple[list, list]:
         "vflip": v2.RandomVerticalFlip(p=1.0),
         "cutout": Cutout(cfg.cutout_size, p=1.0),
     }
-    probs = {name: getattr(cfg, name) for name in ("ssr", "cutout", "jitter", "hflip", "vflip") if getattr(cfg, name) > 0}
+    probs = {name: getattr(cfg, name) for name in ("ssr", "cutout", "jitter", "hflip", "vflip")
+             if getattr(cfg, name) > 0}
     if cfg.hflip_mode == "alternate":
         probs.pop("hflip", None)  # CpuTransform mirrors from the pixel hash instead
     if cfg.one_of and probs:

@@ -201,7 +201,8 @@ def build(cfg: Config, split: str, *, train: bool, device: torch.device | str, r
     from fastcifar.cpu_transforms import cpu_transform
 
     images_path, labels_path = npy_paths(cfg, split)
-    dataset = NpyDataset(images_path, labels_path, cpu_transform(cfg.augment, train, cfg.train.seed), seed=cfg.train.seed)
+    dataset = NpyDataset(images_path, labels_path, cpu_transform(cfg.augment, train, cfg.train.seed),
+                         seed=cfg.train.seed)
     indices = check_indices(indices, len(dataset))
     drop_last = drop_last_for(cfg, train)
     sampler = ShardSampler(len(dataset), seed=cfg.train.seed, rank=rank, world_size=world_size, train=train,

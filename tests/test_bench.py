@@ -34,7 +34,8 @@ from fastcifar.cli import main
 BATCH = 16
 ITERS = 4
 COMMON = ("view", "loader", "image_size", "batch_size", "workers", "device", "iters", "img_s", "img_s_min", "img_s_max",
-          "img_s_median", "epoch_boundaries", "step_ms", "step_ms_min", "step_ms_max", "cpu_pct_one_core", "cpu_pct_all_cores", "build_s", "warmup_s")
+          "img_s_median", "epoch_boundaries", "step_ms", "step_ms_min", "step_ms_max", "cpu_pct_one_core",
+          "cpu_pct_all_cores", "build_s", "warmup_s")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,8 @@ def _check_row(row: dict, view: str, image_size: int) -> None:
     missing = [k for k in COMMON if k not in row]
     assert not missing, f"row lacks {missing}"
     assert row["view"] == view and row["image_size"] == image_size and row["iters"] >= ITERS
-    for key in ("img_s", "img_s_min", "img_s_max", "img_s_median", "step_ms", "step_ms_min", "step_ms_max", "cpu_pct_one_core"):
+    for key in ("img_s", "img_s_min", "img_s_max", "img_s_median", "step_ms", "step_ms_min", "step_ms_max",
+                "cpu_pct_one_core"):
         assert math.isfinite(row[key]) and row[key] > 0, (key, row[key])
     assert row["img_s_min"] <= row["img_s"] <= row["img_s_max"]  # overall: a time-weighted mean of window rates
     assert row["img_s_min"] <= row["img_s_median"] <= row["img_s_max"]
@@ -63,7 +65,8 @@ def _check_row(row: dict, view: str, image_size: int) -> None:
     assert row["step_ms_min"] <= row["step_ms"] <= row["step_ms_max"]
     # img/s and step time describe the same iterations: the fastest step is the highest rate
     assert row["img_s_max"] == pytest.approx(BATCH / (row["step_ms_min"] / 1000), rel=1e-6)
-    assert row["cpu_pct_all_cores"] == pytest.approx(row["cpu_pct_one_core"] / len(__import__("os").sched_getaffinity(0)))
+    assert row["cpu_pct_all_cores"] == pytest.approx(
+        row["cpu_pct_one_core"] / len(__import__("os").sched_getaffinity(0)))
     assert 0 <= row["build_s"] <= row["warmup_s"]
 
 
@@ -119,8 +122,10 @@ def test_overall_is_all_images_over_all_time_and_the_median_leaves_a_stall_out()
 
 @pytest.mark.parametrize("ratio,wait,expected", [
     (0.99, 0.5, "invisible"), (INVISIBLE_RATIO, 0.9, "invisible"),
-    (INVISIBLE_RATIO - 1e-9, 0.0, "compute-bound"), (0.96, 0.021, "loader-bound"),  # 2.1 % wait explains half a 4 % gap
-    (0.5, 0.25, "loader-bound"), (0.5, 0.2499, "compute-bound"), (0.5, 0.05, "compute-bound"), (0.1, 0.9, "loader-bound"),
+    (INVISIBLE_RATIO - 1e-9, 0.0, "compute-bound"),
+    (0.96, 0.021, "loader-bound"),  # 2.1 % wait explains half a 4 % gap
+    (0.5, 0.25, "loader-bound"), (0.5, 0.2499, "compute-bound"), (0.5, 0.05, "compute-bound"),
+    (0.1, 0.9, "loader-bound"),
 ])
 def test_verdict_rule(ratio, wait, expected):
     assert verdict(ratio, wait) == expected
@@ -130,7 +135,8 @@ def test_verdict_rule(ratio, wait, expected):
 # ---------------------------------------------------------------------------- suites
 
 
-@pytest.mark.parametrize("variant,image_size", [("gpu", 32), ("gpu", 64), ("torch", 64), ("ffcv", 32), ("dali", 32), ("dali-native", 32)])
+@pytest.mark.parametrize("variant,image_size", [("gpu", 32), ("gpu", 64), ("torch", 64), ("ffcv", 32), ("dali", 32),
+                                                ("dali-native", 32)])
 def test_loader_only_rows(settings, variant, image_size):
     threads = torch.get_num_threads()
     row = loader_only(settings, variant, image_size, data_info(settings))
@@ -171,10 +177,12 @@ def test_cpu_default_plan_runs_model_and_e2e_at_the_smallest_size_only():
     cells, skipped, _ = _plan(_args(), torch.device("cpu"), ["gpu", "torch"], ["loader", "model", "e2e"])
     by_view = {v: sorted({c[2] for c in cells if c[0] == v}) for v in ("loader", "model", "e2e")}
     assert by_view == {"loader": [32, 64, 128, 224], "model": [32], "e2e": [32]}
-    assert sorted(s["image_size"] for s in skipped) == [64, 128, 224] and all("--image-sizes" in s["reason"] for s in skipped)
+    assert sorted(s["image_size"] for s in skipped) == [64, 128, 224]
+    assert all("--image-sizes" in s["reason"] for s in skipped)
     # a size sweep (or explicit sizes) measures every view at every size
     cells, skipped, _ = _plan(_args("--sweep", "size", "--image-sizes", "32,64"), torch.device("cpu"), ["gpu"], ["e2e"])
-    assert sorted((c[0], c[2]) for c in cells) == [("e2e", 32), ("e2e", 64), ("model", 32), ("model", 64)] and not skipped
+    assert sorted((c[0], c[2]) for c in cells) == [("e2e", 32), ("e2e", 64), ("model", 32), ("model", 64)]
+    assert not skipped
     # a batch sweep repeats the cells per batch size
     cells, _, _ = _plan(_args("--sweep", "batch", "--sweep-values", "8,16"), torch.device("cpu"), ["gpu"], ["loader"])
     assert [c[3] for c in cells] == [{"batch_size": 8}, {"batch_size": 16}]
@@ -186,21 +194,25 @@ def _fake_result() -> dict:
                 "iters": 10, "img_s": img_s, "img_s_min": img_s * 0.9, "img_s_max": img_s * 1.1, "img_s_median": img_s,
                 "epoch_boundaries": None if view == "model" else 1,
                 "step_ms": 256_000 / img_s, "step_ms_min": 1.0, "step_ms_max": 2.0, "cpu_pct_one_core": 150.0,
-                "cpu_pct_all_cores": 75.0, "build_s": 0.1, "warmup_s": 0.5, "per_image_ops_on_device": loader != "torch"}
+                "cpu_pct_all_cores": 75.0, "build_s": 0.1, "warmup_s": 0.5,
+                "per_image_ops_on_device": loader != "torch"}
         return {**base, **extra}
     model = {"model": "resnet18", "cifar_stem": False, "amp": "none", "compile": False, "first_step_s": 0.3}
     rows = [row("model", None, 32, 400.0, **model), row("loader", "gpu", 32, 20000.0, first_batch_s=0.1),
             row("loader", "torch", 32, 1000.0, first_batch_s=0.2), row("loader", "gpu", 64, 8000.0, first_batch_s=0.1),
-            row("e2e", "gpu", 32, 380.0, ceiling_img_s=400.0, ratio=0.95, data_wait_share=0.02, verdict="compute-bound", **model)]
+            row("e2e", "gpu", 32, 380.0, ceiling_img_s=400.0, ratio=0.95, data_wait_share=0.02,
+                verdict="compute-bound", **model)]
     report.annotate_speedups(rows)
-    settings = {"batch_size": 256, "workers": 2, "model": "resnet18", "cifar_stem": False, "amp": "none", "compile": False,
-                "iters": 10, "warmup": 3}
+    settings = {"batch_size": 256, "workers": 2, "model": "resnet18", "cifar_stem": False, "amp": "none",
+                "compile": False, "iters": 10, "warmup": 3}
     return {"schema": "fastcifar-bench/1", "provenance": collect(torch.device("cpu"), settings),
-            "machine_load": {"load_avg_start": [0.1, 0.1, 0.1], "load_avg_end": [1.0, 1.0, 1.0], "others_cpu_share": 0.0,
-                             "busy": False, "wall_s": 1.0},
-            "data": {"dataset": "cifar100", "synthetic": True, "train_images": 512, "root": "(temporary synthetic root)"},
+            "machine_load": {"load_avg_start": [0.1, 0.1, 0.1], "load_avg_end": [1.0, 1.0, 1.0],
+                             "others_cpu_share": 0.0, "busy": False, "wall_s": 1.0},
+            "data": {"dataset": "cifar100", "synthetic": True, "train_images": 512,
+                     "root": "(temporary synthetic root)"},
             "policy": {"crop_padding": 4, "hflip": 0.5}, "sweep": "none", "rows": rows,
-            "skipped": [{"view": "model+e2e", "loader": None, "image_size": 64, "reason": "skipped on a CPU by default"}],
+            "skipped": [{"view": "model+e2e", "loader": None, "image_size": 64,
+                         "reason": "skipped on a CPU by default"}],
             "failed": [], "notes": []}
 
 
@@ -242,8 +254,8 @@ def test_load_watch_reports_load_and_other_processes():
 def test_cli_end_to_end_on_prepared_root(root, tmp_path):
     out = tmp_path / "out"
     code = main(["bench", "--root", str(root), "--dataset", "cifar100", "--loaders", "gpu", "--image-sizes", "32",
-                 "--batch-size", str(BATCH), "--iters", str(ITERS), "--warmup", "1", "--model", "resnet10t", "--workers", "1",
-                 "--out", str(out), "--tag", "test"])
+                 "--batch-size", str(BATCH), "--iters", str(ITERS), "--warmup", "1", "--model", "resnet10t",
+                 "--workers", "1", "--out", str(out), "--tag", "test"])
     assert code == 0
     files = sorted(out.iterdir())
     assert [p.suffix for p in files] == [".json", ".md", ".png"] and all(p.name.startswith("cpu-test-") for p in files)

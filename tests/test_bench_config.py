@@ -56,8 +56,9 @@ def test_set_goes_through_the_schema():
 
 def test_config_run_measures_its_own_policy(tmp_path):
     path = tmp_path / "c.json"
-    code = main(["bench", "--config", "resnet18_augment", "--views", "loader", "--loaders", "gpu", "--image-sizes", "32",
-                 "--batch-size", str(BATCH), "--iters", "2", "--warmup", "1", "--synthetic-images", "128", "--json", str(path)])
+    code = main(["bench", "--config", "resnet18_augment", "--views", "loader", "--loaders", "gpu",
+                 "--image-sizes", "32", "--batch-size", str(BATCH), "--iters", "2", "--warmup", "1",
+                 "--synthetic-images", "128", "--json", str(path)])
     assert code == 0
     data = json.loads(path.read_text())
     packaged = load_config("resnet18_augment").augment
@@ -78,8 +79,8 @@ def test_timed_epochs_time_whole_epochs(prepared_root):
 def test_run_view_trains_evaluates_and_checkpoints(tmp_path):
     path = tmp_path / "r.json"
     code = main(["bench", "--views", "run", "--loaders", "gpu", "--image-sizes", "32", "--batch-size", str(BATCH),
-                 "--model", "resnet10t", "--iters", "2", "--warmup", "1", "--synthetic-images", "64", "--run-epochs", "2",
-                 "--json", str(path)])
+                 "--model", "resnet10t", "--iters", "2", "--warmup", "1", "--synthetic-images", "64",
+                 "--run-epochs", "2", "--json", str(path)])
     assert code == 0
     data = json.loads(path.read_text())
     ceiling = next(r for r in data["rows"] if r["view"] == "model")

@@ -104,7 +104,8 @@ def test_check_dry_run_runs_the_plan_on_the_cpu(tmp_path):
     result = run_plan(steps, budget_s=session.plan_budget("check", dry_run=True), out_path=tmp_path / "check.json",
                       header=session._header("check", True), log_dir=tmp_path)
     status = {s["name"]: s["status"] for s in result["steps"]}
-    assert all(status[name] == "ok" for name in ("data", "cuda_tests", "recompiles", "dali_boundary", "e2e_224")), status
+    assert all(status[name] == "ok"
+               for name in ("data", "cuda_tests", "recompiles", "dali_boundary", "e2e_224")), status
     found = {s["name"]: s.get("found") for s in result["steps"]}
     assert found["recompiles"]["recompiles"] == 0 and found["recompiles"]["epoch_lines"] == 2
     dali = found["dali_boundary"]["rows"]
@@ -127,7 +128,8 @@ def test_repeats_aggregate_to_the_median_with_their_range_and_the_machine_noise(
         def row(loader, img_s):
             return {"view": "loader", "loader": loader, "image_size": 32, "batch_size": 256, "workers": 2,
                     "img_s": img_s, "img_s_median": img_s * 1.2, "epoch_boundaries": 1, "cpu_pct_all_cores": 90.0}
-        return {"provenance": collect(__import__("torch").device("cpu"), {}), "rows": [row("gpu", gpu), row("torch", torch_)],
+        return {"provenance": collect(__import__("torch").device("cpu"), {}),
+                "rows": [row("gpu", gpu), row("torch", torch_)],
                 "data": {"dataset": "cifar100", "train_images": 10000, "synthetic": True},
                 "machine_load": {"started": "t", "load_avg_start": [0.5, 0, 0], "load_avg_end": [2.0, 0, 0],
                                  "others_cpu_share": others, "busy": others > 0.1, "wall_s": 60.0}}

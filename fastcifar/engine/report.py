@@ -66,7 +66,8 @@ def announce(console: Console, f: RunFacts, run_dir: Path, start_epoch: int, res
     c.print(f"data      {label}, loader {data.loader}, batch {data.batch_size} x {f.world_size} process(es), "
             f"{f.steps_per_epoch} steps/epoch")
     splits = ", ".join(f"{name} {count}" for name, count in f.eval_counts.items())
-    c.print(f"eval      {splits} images (gpu loader), select on {f.select_metric}{f', {cfg.train.tta} TTA' if cfg.train.tta != 'none' else ''}")
+    c.print(f"eval      {splits} images (gpu loader), select on {f.select_metric}"
+            f"{f', {cfg.train.tta} TTA' if cfg.train.tta != 'none' else ''}")
     compiled = f"on ({cfg.train.compile_mode})" if cfg.train.compile else "off"
     c.print(f"model     {cfg.model.name} ({cfg.model.head} head) at {cfg.augment.image_size} px on {f.device}, "
             f"amp {cfg.train.amp}, compile {compiled}")

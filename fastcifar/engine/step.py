@@ -24,7 +24,8 @@ from fastcifar.engine.metrics import confusion_matrix
 Objective = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
-def make_objective(criterion: Callable[[Tensor, Tensor], Tensor], teacher: nn.Module | None = None, distill=None) -> Objective:
+def make_objective(criterion: Callable[[Tensor, Tensor], Tensor], teacher: nn.Module | None = None,
+                   distill=None) -> Objective:
     """The training loss as a function of (x, logits, targets).
 
     Without a teacher: `criterion(logits, targets)`. With one (`distill`: the DistillConfig): the frozen
@@ -205,8 +206,10 @@ def eval_pass(
             padded[:n].copy_(images)  # [pad_to, 3, H, W] uint8, channels_last like every loader batch (same strides)
             images = padded
         parts = []  # log of the weighted mean softmax of each group of views, [B, C] float32
-        for x, views, weight in tta_batches(images, prepare, tta):  # x: [views * B, 3, S, S]; an image and its
-            with autocast:  # mirror go in ONE forward: a second call of a CUDA-graphed model overwrites the first output
+        # x: [views * B, 3, S, S]; an image and its mirror go in ONE forward: a second call of a CUDA-graphed model
+        # overwrites the first output
+        for x, views, weight in tta_batches(images, prepare, tta):
+            with autocast:
                 logits = model(x)
             log_probs = F.log_softmax(logits.float(), dim=1)  # used before the next forward
             if views > 1:  # log of the mean of the views' softmaxes
@@ -220,7 +223,8 @@ def eval_pass(
         confusion += confusion_matrix(top[:, 0], labels, num_classes)
         count += n
     model.train(was_training)
-    return {"loss_sum": loss_sum, "correct1": confusion.diagonal().sum(), "correct5": correct5, "count": count, "confusion": confusion}
+    return {"loss_sum": loss_sum, "correct1": confusion.diagonal().sum(), "correct5": correct5, "count": count,
+            "confusion": confusion}
 
 
 def summarize_eval(sums: dict[str, Tensor], prefix: str) -> dict[str, float]:

@@ -75,7 +75,8 @@ FIELDS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc
 RESUME_OVERRIDES = ("train.device", "data.root", "data.workers", "data.prefetch")
 
 
-def train(cfg: Config | None, resume: str | None = None, progress: bool = True, overrides: list[str] | None = None) -> Path:
+def train(cfg: Config | None, resume: str | None = None, progress: bool = True,
+          overrides: list[str] | None = None) -> Path:
     """Train `cfg` into a new run folder, or continue the run in `resume` (a run dir or its last.pt).
 
     A resumed run uses the config saved in its checkpoint and continues after the last completed epoch;
@@ -110,25 +111,30 @@ def train(cfg: Config | None, resume: str | None = None, progress: bool = True, 
 def _resume_target(resume: str, cfg: Config | None, overrides: list[str]) -> tuple[Path, Config, dict]:
     path = Path(resume).expanduser()
     if path.is_file() and path.name != LAST:
-        raise FastcifarError(f"Resume from the run's {LAST} (or its folder), not '{path.name}': resuming from another checkpoint would roll the run back and overwrite {LAST}.")
+        raise FastcifarError(f"Resume from the run's {LAST} (or its folder), not '{path.name}': "
+                             f"resuming from another checkpoint would roll the run back and overwrite {LAST}.")
     run_dir = path if path.is_dir() else path.parent
     checkpoint = load_checkpoint(path, LAST)
     for key in ("config", "optimizer", "scheduler", "epoch", "step", "rng"):
         if key not in checkpoint:
-            raise FastcifarError(f"'{path}' is not a fastcifar training checkpoint (no '{key}'); resume from a run folder made by `fastcifar train`.")
+            raise FastcifarError(f"'{path}' is not a fastcifar training checkpoint (no '{key}'); "
+                                 "resume from a run folder made by `fastcifar train`.")
     for item in overrides:
         if item.split("=", 1)[0].strip() not in RESUME_OVERRIDES:
-            raise FastcifarError(f"A resumed run keeps its saved config; only {', '.join(RESUME_OVERRIDES)} may change (got '{item}'); start a new run to change the rest.")
+            raise FastcifarError(f"A resumed run keeps its saved config; only {', '.join(RESUME_OVERRIDES)} may change "
+                                 f"(got '{item}'); start a new run to change the rest.")
     saved = from_dict(apply_overrides(checkpoint["config"], overrides))
     if cfg is not None and to_dict(cfg) != to_dict(from_dict(checkpoint["config"])):
-        raise FastcifarError(f"Resuming '{run_dir}' continues with the config saved in its checkpoint; drop the config argument, or start a new run.")
+        raise FastcifarError(f"Resuming '{run_dir}' continues with the config saved in its checkpoint; "
+                             "drop the config argument, or start a new run.")
     return run_dir, saved, checkpoint
 
 
 class Trainer:
     """Everything one run holds. Built on every rank; only rank 0 writes files and prints."""
 
-    def __init__(self, cfg: Config, dist: DistInfo, device: torch.device, progress: bool = True, run_dir: Path | None = None, checkpoint: dict | None = None):
+    def __init__(self, cfg: Config, dist: DistInfo, device: torch.device, progress: bool = True,
+                 run_dir: Path | None = None, checkpoint: dict | None = None):
         self.cfg, self.dist, self.device, self.progress = cfg, dist, device, progress
         self.console = Console(quiet=not dist.main, highlight=False)
         seed_everything(cfg.train.seed)  # same seed on every rank: identical initial weights (DDP checks)
@@ -139,7 +145,8 @@ class Trainer:
         self._build_model(weights_follow=checkpoint is not None or bool(cfg.train.init_from))
         self._build_optimization()
         self._build_tracking()
-        seed_everything(cfg.train.seed + dist.rank)  # weights are built alike; from here each rank draws its own augmentation
+        # weights are built alike; from here each rank draws its own augmentation
+        seed_everything(cfg.train.seed + dist.rank)
         self.resumed = checkpoint is not None
         if checkpoint is not None:
             self._restore(checkpoint)
@@ -199,7 +206,8 @@ class Trainer:
         if metric == "auto":
             metric = "val_acc" if "val" in self.eval_loaders else "test_acc"
         es = cfg.early_stop
-        self.selector = EarlyStopper(metric, "min" if metric.endswith("_loss") else "max")  # patience 0: tracks the best only
+        # patience 0: tracks the best only
+        self.selector = EarlyStopper(metric, "min" if metric.endswith("_loss") else "max")
         self.stopper = EarlyStopper(es.metric, es.mode, es.patience, es.min_delta)
         self.start_epoch, self.step, self.wall_s = 0, 0, 0.0
         self.ckpt_s = 0.0  # seconds the loop was blocked by checkpoints (part of wall_s), across resumes
@@ -240,7 +248,9 @@ class Trainer:
                 if self.stopper.stopped_epoch is not None:  # resumed a run that had already stopped early
                     break
                 if self._epoch(epoch):
-                    self.console.print(f"[yellow]early stop[/]: {self.stopper.metric} has not improved for {self.stopper.patience} evaluations (best {self.stopper.best:.4g} at epoch {self.stopper.best_epoch + 1}).")
+                    self.console.print(f"[yellow]early stop[/]: {self.stopper.metric} has not improved for "
+                                       f"{self.stopper.patience} evaluations (best {self.stopper.best:.4g} "
+                                       f"at epoch {self.stopper.best_epoch + 1}).")
                     break
             waited = self.writer.join()  # the last write lands before best.pt is read back; raises if it failed
             self.ckpt_s, self.wall_s = self.ckpt_s + waited, self.wall_s + waited
@@ -294,7 +304,8 @@ class Trainer:
         count = warm_images = 0
         wait = warm_wait = warm_step = 0.0  # seconds
         device_wait = DeviceWaitRecorder(device, len(loader))  # [measure] CUDA events per step; no-op on CPU
-        with EpochProgress(epoch, self.cfg.train.epochs, len(loader), enabled=self.progress and self.dist.main, world_size=self.dist.world_size, console=self.console) as bar:
+        with EpochProgress(epoch, self.cfg.train.epochs, len(loader), enabled=self.progress and self.dist.main,
+                           world_size=self.dist.world_size, console=self.console) as bar:
             start = time.perf_counter()
             batches = iter(loader)  # ffcv / dali / DataLoader workers start here: loader time too
             started = time.perf_counter() - start
@@ -378,7 +389,8 @@ class Trainer:
         if not (improved or save_last):
             return [], 0.0
         start = time.perf_counter()
-        rngs = gather_object(rng_state()) if save_last else None  # every rank's: a resumed DDP run draws what each would
+        # every rank's: a resumed DDP run draws what each would
+        rngs = gather_object(rng_state()) if save_last else None
         if not self.dist.main:
             return [], time.perf_counter() - start
         self.writer.join()  # one write in flight at most, and its failure stops training here
@@ -406,7 +418,8 @@ class Trainer:
         barrier()  # rank 0 has written best.pt
         path = self.run_dir / BEST
         if not path.exists():
-            raise FastcifarError(f"Run '{self.run_dir}' has no {BEST}: no epoch was evaluated; set train.eval_every <= train.epochs.")
+            raise FastcifarError(f"Run '{self.run_dir}' has no {BEST}: no epoch was evaluated; "
+                                 "set train.eval_every <= train.epochs.")
         self.eval_model.load_state_dict(eval_weights(load_checkpoint(path)))
         split = self.selector.metric.split("_")[0]
         split = split if split in self.eval_loaders else "test"
