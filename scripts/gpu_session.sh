@@ -7,7 +7,7 @@
 #   bash scripts/gpu_session.sh tests         # only the CUDA-marked tests, no time box
 #   add --dry-run to run the same plan on the CPU at tiny sizes (what tests/test_session.py does, in part)
 # OUT defaults to $OUT (the device tool's folder that comes back), else ./gpu-session-out.
-# The GPU bundle (see shared/tools/gpu-bundle): parts in $GPU_BUNDLE_DIR (default .gpu-bundle), the tool itself at
+# The GPU bundle (the project's gpu-bundle tool, kept outside this repository): parts in $GPU_BUNDLE_DIR (default .gpu-bundle), the tool itself at
 # $GPU_BUNDLE_TOOL, shared/tools/gpu-bundle, $GPU_BUNDLE_DIR/gpu-bundle or on PATH. Without it, the plan records the
 # ffcv / dali cells as skipped with the reason.
 set -euo pipefail
