@@ -123,8 +123,9 @@ def source_pixels(matrix: Tensor, height: int, width: int) -> tuple[Tensor, Tens
     gy = (xs * (theta[:, 3] / half_h) + ys * (theta[:, 4] / half_h)) + theta[:, 5] / half_h
     ix = ((gx + 1) * (width / 2) - 0.5).round_()
     iy = ((gy + 1) * (height / 2) - 0.5).round_()
-    inside = (ix > -1) & (ix < width) & (iy > -1) & (iy < height)
-    index = iy.clamp_(0, height - 1).mul_(width).add_(ix.clamp_(0, width - 1)).long()
+    ix_in, iy_in = ix.clamp(0, width - 1), iy.clamp(0, height - 1)
+    inside = (ix_in == ix) & (iy_in == iy)  # integers: -1 < ix < width  <=>  clamping leaves ix unchanged
+    index = iy_in.mul_(width).add_(ix_in).long()
     return index.view(-1, height * width), inside.view(-1, height * width)
 
 
