@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
-from fastcifar.policy_ops import FAMILY, OP_ID, OPS, apply_family, scratch, apply_op
+from fastcifar.policy_ops import FAMILY, OP_ID, OPS, apply_family, apply_op, scratch
 
 POLICIES = ("none", "randaugment", "trivialaugment", "autoaugment")
 RANDAUGMENT_BINS = 31  # torchvision's num_magnitude_bins default, for RandAugment and TrivialAugmentWide
@@ -182,15 +182,17 @@ class Policy:
         xp[B:].zero_()
         ops = torch.cat([ops, ops.new_full((ops.shape[0], P - B), OP_ID["Identity"])], dim=1)
         magnitudes = torch.cat([magnitudes.double(), magnitudes.new_zeros(ops.shape[0], P - B).double()], dim=1)
+        where = None  # row of each image in the previous slot's output y (None: xp, in image order)
         for slot in range(ops.shape[0]):
             positions, groups = self._groups(slot, P // self.strata, x.device)
             index = order[slot][positions]  # [P] the images, grouped by family
-            y = torch.cat([apply_family(xp.index_select(0, index[a:b]), family, ops[slot][index[a:b]],
+            rows = index if where is None else where[index]  # ... and where to read them
+            y = torch.cat([apply_family(xp.index_select(0, rows[a:b]), family, ops[slot][index[a:b]],
                                         magnitudes[slot][index[a:b]]) for family, a, b in groups])
-            # back to image order: image i is row where[i] of y (index_select is far cheaper than index_copy_)
+            # image i is row where[i] of y (an index_select is far cheaper than an index_copy_ back)
             where = torch.empty_like(index).scatter_(0, index, torch.arange(P, device=x.device))
-            xp = y.index_select(0, where)
-        return xp[:B]
+            xp = y
+        return xp.index_select(0, where[:B])
 
     def _groups(self, slot: int, group: int, device: torch.device) -> tuple[Tensor, list[tuple[tuple, int, int]]]:
         """The positions of `slot` sorted by family of ops (policy_ops.FAMILIES).

@@ -16,8 +16,10 @@ batched kernels whatever the draw; to keep it cheap the 15 ops share three passe
                                            one per-image-and-channel lookup table [B*C, 256], one gather
 
 Every pass is the identity for images whose op belongs to another pass (identity matrix, blend weight 0,
-identity table), so no per-image selection is needed. Images are uint8 NCHW at the stored 32 px; nothing
-here resizes.
+identity table), so no per-image selection is needed. `apply_family` runs one of these passes alone (or
+none, for Identity) on images whose ops all belong to it: the policies group each batch that way
+(policy.py), so every image pays for its own pass only. Images are uint8 NCHW at the stored 32 px;
+nothing here resizes.
 """
 
 from __future__ import annotations
