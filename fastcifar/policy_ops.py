@@ -121,10 +121,11 @@ def source_pixels(matrix: Tensor, height: int, width: int) -> tuple[Tensor, Tens
     xs = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, steps=width, device=dev)[None, None, :]
     ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, steps=height, device=dev)[None, :, None]
     half_w, half_h = 0.5 * width, 0.5 * height  # applied as float32, as torchvision's div_ by a float32 tensor
-    gx = (xs * (theta[:, 0] / half_w) + ys * (theta[:, 1] / half_w)) + theta[:, 2] / half_w  # [B, H, W]
-    gy = (xs * (theta[:, 3] / half_h) + ys * (theta[:, 4] / half_h)) + theta[:, 5] / half_h
-    ix = ((gx + 1) * (width / 2) - 0.5).round_()
-    iy = ((gy + 1) * (height / 2) - 0.5).round_()
+    # the same float32 operations in the same order, in place where the operand is a fresh [B, H, W] tensor
+    gx = torch.add(xs * (theta[:, 0] / half_w), ys * (theta[:, 1] / half_w)).add_(theta[:, 2] / half_w)  # [B, H, W]
+    gy = torch.add(xs * (theta[:, 3] / half_h), ys * (theta[:, 4] / half_h)).add_(theta[:, 5] / half_h)
+    ix = gx.add_(1).mul_(width / 2).sub_(0.5).round_()
+    iy = gy.add_(1).mul_(height / 2).sub_(0.5).round_()
     ix_in, iy_in = ix.clamp(0, width - 1), iy.clamp(0, height - 1)
     inside = (ix_in == ix) & (iy_in == iy)  # integers: -1 < ix < width  <=>  clamping leaves ix unchanged
     index = iy_in.mul_(width).add_(ix_in).long()
@@ -349,7 +350,9 @@ def apply_op(x: Tensor, op: Tensor, magnitude: Tensor) -> Tensor:
 
 # the ops that share one batched pass, by what they compute: any mix of one family's ops (and Identity) runs as
 # one call of `apply_family`; Identity alone costs nothing
-FAMILIES = (("Identity",), GEOMETRIC, BLENDS, ("AutoContrast", "Equalize"), VALUE_TABLES[1:])
+# (Contrast apart: it alone needs the float luma of its images)
+FAMILIES = (("Identity",), GEOMETRIC, BLENDS, ("AutoContrast", "Equalize"), ("Contrast",),
+            ("Brightness", "Posterize", "Solarize", "Invert"))
 FAMILY = {name: family for family in FAMILIES for name in family}
 
 
@@ -379,7 +382,7 @@ def apply_family(x: Tensor, family: tuple[str, ...], op: Tensor, magnitude: Tens
         table = torch.where(per_channel == OP_ID["AutoContrast"], autocontrast_lut(hist), table)
         table = torch.where(per_channel == OP_ID["Equalize"], equalize_lut(hist), table)
         return apply_lut(x, table.to(torch.uint8))
-    gray_mean = gray_floor(x.float()).sum(dim=(1, 2, 3)) / (H * W)  # for Contrast
+    gray_mean = gray_floor(x.float()).sum(dim=(1, 2, 3)) / (H * W) if "Contrast" in family else None
     table = value_table("Identity", magnitude)
     for name in family:
         table = torch.where(op[:, None] == OP_ID[name], value_table(name, magnitude, gray_mean), table)
