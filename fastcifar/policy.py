@@ -125,7 +125,8 @@ class Policy:
         Returns:
             ops int64 [S, B]; magnitudes float64 [S, B]; order int64 [S, K*G], G = ceil(B / K): the image at
             each position of a random permutation of K*G slots (values >= B are padding), position j
-            running op (sub-policy) j // G. `apply` runs each op on its G positions only.
+            running op (sub-policy) j // G. `apply` runs each family of ops on its own positions only, so it
+            needs the ops and the order of the same draw.
         """
         tables = self._device_tables(torch.device(device), height, width)
         table, signed = tables[:2]
