@@ -38,7 +38,10 @@ STORED_SIDE = 32  # px of the images every loader yields when per_image_ops=True
 
 @dataclass
 class AugmentParams:
-    """Per-image parameters for one batch; None = op off in the config. All tensors are [B, ...] on the batch's device."""
+    """Per-image parameters for one batch; None = op off in the config.
+
+    All tensors are [B, ...] on the batch's device (the policy's [S, ...]).
+    """
 
     dy: Tensor | None = None  # [B] int64 crop offset, px
     dx: Tensor | None = None
@@ -53,6 +56,7 @@ class AugmentParams:
     cut_x0: Tensor | None = None
     policy_ops: Tensor | None = None  # [S, B] int64 indices into policy_ops.OPS, S = ops per image
     policy_magnitudes: Tensor | None = None  # [S, B] float64 signed magnitudes, torchvision's units
+    policy_order: Tensor | None = None  # [S, K*G] int64 image per stratified position (policy.Policy.sample)
     rrc_box: Tensor | None = None  # [B, 4] int64 RandomResizedCrop box (top, left, height, width), px
 
 
@@ -144,7 +148,7 @@ class GpuAugment:
         return self.to_model_input(images)
 
     def to_model_input(self, x: Tensor, size: int | None = None, box: Tensor | None = None) -> Tensor:
-        """uint8 [B, 3, H, W] -> [B, 3, S, S] out_dtype channels_last: resize and normalize in the cheap order per device.
+        """uint8 [B, 3, H, W] -> [B, 3, S, S] out_dtype channels_last: resize and normalize, cheap order per device.
 
         With `box` (int64 [B, 4], RandomResizedCrop), each image's box is cut and resized instead, after
         normalizing the small image (the crop and resize are one pair of matmuls in out_dtype).
@@ -183,7 +187,7 @@ class GpuAugment:
             p.cutout = masks["cutout"]
             p.cut_y0, p.cut_x0 = centre - cfg.cutout_size // 2  # hole centred on a uniform pixel
         if self.policy is not None:
-            p.policy_ops, p.policy_magnitudes = self.policy.sample(batch, height, width, device)
+            p.policy_ops, p.policy_magnitudes, p.policy_order = self.policy.sample(batch, height, width, device)
         if cfg.rrc_scale:
             p.rrc_box = sample_boxes(batch, height, width, cfg.rrc_scale, cfg.rrc_ratio, device)
         return p
@@ -199,7 +203,7 @@ class GpuAugment:
                 x, _or(p.dy, off), _or(p.dx, off), _or(p.hflip, no), _or(p.vflip, no), cfg.crop_padding, cfg.pad_mode
             )
         if p.policy_ops is not None:  # after crop/flip, before the other ops, as torchvision recipes order them
-            x = self.policy.apply(x, p.policy_ops, p.policy_magnitudes)
+            x = self.policy.apply(x, p.policy_ops, p.policy_magnitudes, p.policy_order)
         if p.ssr is not None:
             x = ops.shift_scale_rotate(x, p.theta, p.ssr, "reflection" if cfg.pad_mode == "reflect" else "zeros")
         if p.jitter is not None:
@@ -375,7 +379,8 @@ def _validate(cfg: AugmentConfig, mean, std, num_classes: int, out_dtype: torch.
             raise FastcifarError(message)
 
     prepare = "re-run `fastcifar data prepare` to recompute them"
-    need(len(mean) == 3 and len(std) == 3, f"Normalization needs 3 channel means and stds, got {mean} and {std}; {prepare}.")
+    need(len(mean) == 3 and len(std) == 3,
+         f"Normalization needs 3 channel means and stds, got {mean} and {std}; {prepare}.")
     need(all(math.isfinite(s) and s > 0 for s in std), f"Channel stds {std} must be positive; {prepare}.")
     need(num_classes >= 1, f"num_classes must be at least 1, got {num_classes}.")
     need(out_dtype in OUT_DTYPES, f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype}.")

@@ -1,9 +1,22 @@
 """Auto-augment policies drawn per image on the device: RandAugment, TrivialAugment (Wide), AutoAugment (CIFAR-10).
 
 A policy turns a batch size into per-image draws, `ops` int64 [S, B] (indices into `policy_ops.OPS`) and
-`magnitudes` float64 [S, B] (signed, torchvision's units), for S slots applied in order by
-`policy_ops.apply_op`. Everything is drawn with tensor ops on the batch's device from its global RNG: no
-Python branch looks at a drawn value, so a step never waits for the device.
+`magnitudes` float64 [S, B] (signed, torchvision's units), for S slots applied in order, and the `order`
+that groups them. Everything is drawn with tensor ops on the batch's device from its global RNG (so a
+resumed run that restores the RNG replays it): no Python branch looks at a drawn value and no shape depends
+on one, so a step never waits for the device.
+
+Stratified draws. The op of each image (AutoAugment: its sub-policy) is drawn per slot as its position in
+a uniform random permutation of P = K * G positions, G = ceil(B / K), K = 14 ops (25 sub-policies);
+positions j*G .. j*G + G - 1 run op (sub-policy) j and the P - B positions no image takes are padding.
+Each image is therefore marginally uniform over the K, exactly as torchvision draws it, and its magnitude
+and sign are its own; only the joint counts are fixed instead of binomial: every op owns exactly G
+positions of each batch (G images when K divides B, else G less the padding that lands in its share).
+That makes each op's share of the batch a static shape: `apply` gathers the images of each family of ops
+(`policy_ops.FAMILIES`: geometric, blends, histogram tables, value tables) and runs only that family's
+kernels on them, instead of every pass over the whole batch (`policy_ops.apply_op`, still used without
+an order, e.g. for a hand-made `ops`). AutoAugment's per-op probability stays an independent coin per
+image (a failed coin is Identity, which every family passes through unchanged).
 
 The op tables, magnitude bins and the AutoAugment CIFAR-10 sub-policies are read from torchvision's own
 classes (`_AUGMENTATION_SPACE`, `_policies`), so they cannot drift from the CPU baseline that runs those
@@ -22,13 +35,14 @@ probability 1/2, independently per image and slot.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
-from fastcifar.policy_ops import OP_ID, OPS, apply_op
+from fastcifar.policy_ops import FAMILY, OP_ID, OPS, apply_family, apply_op, scratch
 
 POLICIES = ("none", "randaugment", "trivialaugment", "autoaugment")
 RANDAUGMENT_BINS = 31  # torchvision's num_magnitude_bins default, for RandAugment and TrivialAugmentWide
@@ -100,26 +114,46 @@ class Policy:
             self._tables[key] = tuple(t.to(device) for t in tensors)
         return self._tables[key]
 
-    def sample(self, batch: int, height: int, width: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        """Draw every image's ops and signed magnitudes: (ops int64 [S, B], magnitudes float64 [S, B])."""
+    @property
+    def strata(self) -> int:
+        """K: what a batch is stratified over, the 14 ops (RandAugment, TrivialAugment) or the 25 sub-policies."""
+        return 25 if self.name == "autoaugment" else len(OPS) - 1
+
+    def sample(self, batch: int, height: int, width: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """Draw every image's ops and signed magnitudes, stratified (see the module docstring).
+
+        Returns:
+            ops int64 [S, B]; magnitudes float64 [S, B]; order int64 [S, K*G], G = ceil(B / K): the image at
+            each position of a random permutation of K*G slots (values >= B are padding), position j
+            running op (sub-policy) j // G. `apply` runs each family of ops on its own positions only, so it
+            needs the ops and the order of the same draw.
+        """
         tables = self._device_tables(torch.device(device), height, width)
         table, signed = tables[:2]
         shape = (self.slots, batch)
+        group = -(-batch // self.strata)  # G
+        rows = 1 if self.name == "autoaugment" else self.slots  # AutoAugment's two slots share the sub-policy
+        # float64 keys: a tie (which would bias the permutation) has probability ~ P^2 / 2^54
+        order = torch.rand(rows, self.strata * group, dtype=torch.float64, device=device).argsort(dim=1)
+        slots = torch.arange(order.shape[1], device=device).expand_as(order)
+        position = torch.empty_like(order).scatter_(1, order, slots)  # position[s, i]: where image i sits
+        stratum = position[:, :batch] // group  # [rows, B]: each image's op (sub-policy), uniform over K
         if self.name == "autoaugment":
             sub_ops, probs, sub_bins = tables[2:]
-            pick = torch.randint(0, sub_ops.shape[0], (batch,), device=device)  # [B] sub-policy per image
+            pick = stratum[0]  # [B] sub-policy per image
             ops, bins = sub_ops[pick].T, sub_bins[pick].T  # [2, B]
             fires = torch.rand(shape, device=device, dtype=torch.float64) <= probs[pick].T  # torchvision's rand() <= p
             ops = torch.where(fires, ops, OP_ID["Identity"])
             magnitudes = table[ops, bins]
+            order = order.expand(self.slots, -1)
         else:
-            ops = torch.randint(0, len(OPS) - 1, shape, device=device)  # the 14 ops, Invert excluded
+            ops = stratum  # the 14 ops are OPS[0:14], Invert excluded
             if self.name == "trivialaugment":
                 magnitudes = table[ops, torch.randint(0, RANDAUGMENT_BINS, shape, device=device)]
             else:
                 magnitudes = _interpolate(table, ops, self._bins(shape, device))
         negate = signed[ops] & (torch.rand(shape, device=device) <= 0.5)
-        return ops, torch.where(negate, -magnitudes, magnitudes)
+        return ops, torch.where(negate, -magnitudes, magnitudes), order
 
     def _bins(self, shape: tuple[int, int], device: torch.device) -> Tensor:
         """RandAugment's magnitude bin per slot and image, float64 [S, B] in [0, 30]."""
@@ -130,16 +164,64 @@ class Policy:
             m = m + self.magnitude_std * torch.randn(shape, dtype=torch.float64, device=device)
         return m.clamp(0, RANDAUGMENT_BINS - 1)
 
-    def apply(self, x: Tensor, ops: Tensor, magnitudes: Tensor) -> Tensor:
-        """Run the S slots in order. x: uint8 [B, 3, H, W] -> uint8 [B, 3, H, W] NCHW."""
+    def apply(self, x: Tensor, ops: Tensor, magnitudes: Tensor, order: Tensor | None = None) -> Tensor:
+        """Run the S slots in order. x: uint8 [B, 3, H, W] -> uint8 [B, 3, H, W] NCHW.
+
+        With `order` (from the same `sample`), each family of ops runs on its own images only
+        (`policy_ops.apply_family`); without it, every slot is `policy_ops.apply_op` over the whole batch
+        (any ops, the same values, slower).
+        """
+        if order is None:
+            for slot in range(ops.shape[0]):
+                x = apply_op(x, ops[slot], magnitudes[slot])
+            return x
+        B, P = x.shape[0], order.shape[1]
+        # NCHW with P - B zero images of padding (never read back); a reused buffer, as a fresh one is
+        # page-faulted in on every CPU call, and it is only read (copied from) below
+        xp = scratch("padded", (P, *x.shape[1:]), x.dtype, x.device)
+        xp[:B].copy_(x)  # any memory format in
+        xp[B:].zero_()
+        ops = torch.cat([ops, ops.new_full((ops.shape[0], P - B), OP_ID["Identity"])], dim=1)
+        magnitudes = torch.cat([magnitudes.double(), magnitudes.new_zeros(ops.shape[0], P - B).double()], dim=1)
+        where = None  # row of each image in the previous slot's output y (None: xp, in image order)
         for slot in range(ops.shape[0]):
-            x = apply_op(x, ops[slot], magnitudes[slot])
-        return x
+            positions, groups = self._groups(slot, P // self.strata, x.device)
+            index = order[slot][positions]  # [P] the images, grouped by family
+            rows = index if where is None else where[index]  # ... and where to read them
+            y = torch.cat([apply_family(xp.index_select(0, rows[a:b]), family, ops[slot][index[a:b]],
+                                        magnitudes[slot][index[a:b]]) for family, a, b in groups])
+            # image i is row where[i] of y (an index_select is far cheaper than an index_copy_ back)
+            where = torch.empty_like(index).scatter_(0, index, torch.arange(P, device=x.device))
+            xp = y
+        return xp.index_select(0, where[:B])
+
+    def _groups(self, slot: int, group: int, device: torch.device) -> tuple[Tensor, list[tuple[tuple, int, int]]]:
+        """The positions of `slot` sorted by family of ops (policy_ops.FAMILIES).
+
+        Positions j*G .. j*G + G - 1 belong to stratum j (an op, or an AutoAugment sub-policy: its op in this
+        slot); the strata whose ops share a family run as one group of a size fixed by the batch size.
+
+        Returns:
+            (positions int64 [K*G], made with arange on the device: no host-to-device copy; groups
+            [(family, start, stop)]: positions[start:stop] run `family`), cached per (slot, G, device).
+        """
+        key = (slot, group, device)
+        if key not in self._tables:
+            if self.name == "autoaugment":
+                names = [OPS[int(op)] for op in autoaugment_cifar10()[0][:, slot]]  # per sub-policy
+            else:
+                names = list(OPS[: self.strata])
+            families = list(dict.fromkeys(FAMILY[name] for name in names))  # distinct, in order of first use
+            strata = [[j for j, name in enumerate(names) if FAMILY[name] == family] for family in families]
+            ranges = [torch.arange(j * group, (j + 1) * group, device=device) for js in strata for j in js]
+            stops = [group * n for n in itertools.accumulate(len(js) for js in strata)]
+            groups = [(family, stop - group * len(js), stop) for family, js, stop in zip(families, strata, stops)]
+            self._tables[key] = (torch.cat(ranges), groups)
+        return self._tables[key]
 
     def __call__(self, x: Tensor) -> Tensor:
         """Draw and apply: uint8 [B, 3, H, W] -> uint8 [B, 3, H, W] NCHW."""
-        ops, magnitudes = self.sample(x.shape[0], x.shape[-2], x.shape[-1], x.device)
-        return self.apply(x, ops, magnitudes)
+        return self.apply(x, *self.sample(x.shape[0], x.shape[-2], x.shape[-1], x.device))
 
 
 def _interpolate(table: Tensor, ops: Tensor, bins: Tensor) -> Tensor:

@@ -16,8 +16,10 @@ batched kernels whatever the draw; to keep it cheap the 15 ops share three passe
                                            one per-image-and-channel lookup table [B*C, 256], one gather
 
 Every pass is the identity for images whose op belongs to another pass (identity matrix, blend weight 0,
-identity table), so no per-image selection is needed. Images are uint8 NCHW at the stored 32 px; nothing
-here resizes.
+identity table), so no per-image selection is needed. `apply_family` runs one of these passes alone (or
+none, for Identity) on images whose ops all belong to it: the policies group each batch that way
+(policy.py), so every image pays for its own pass only. Images are uint8 NCHW at the stored 32 px;
+nothing here resizes.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ _SCRATCH: dict[tuple, Tensor] = {}
 _ONES: dict[tuple, Tensor] = {}  # read-only sources of ones for the histograms
 
 
-def _scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
     """A reused buffer per (name, shape, dtype, device). On CPU a fresh multi-MB tensor is page-faulted in on
     every call (the int64 pixel indices cost more in faults than the gather itself); CUDA's caching
     allocator would reuse the memory anyway. Contents are overwritten by each user before reading."""
@@ -53,7 +55,7 @@ def _scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torc
 def _pixel_index(x: Tensor) -> Tensor:
     """uint8 [B, C, H, W] -> its values as int64 [B*C, H*W] (a scratch buffer: use before the next call)."""
     B, C, H, W = x.shape
-    return _scratch("index", (B * C, H * W), torch.int64, x.device).copy_(x.reshape(B * C, H * W))
+    return scratch("index", (B * C, H * W), torch.int64, x.device).copy_(x.reshape(B * C, H * W))
 
 
 def _is(op: Tensor, *names: str) -> Tensor:
@@ -119,12 +121,14 @@ def source_pixels(matrix: Tensor, height: int, width: int) -> tuple[Tensor, Tens
     xs = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, steps=width, device=dev)[None, None, :]
     ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, steps=height, device=dev)[None, :, None]
     half_w, half_h = 0.5 * width, 0.5 * height  # applied as float32, as torchvision's div_ by a float32 tensor
-    gx = (xs * (theta[:, 0] / half_w) + ys * (theta[:, 1] / half_w)) + theta[:, 2] / half_w  # [B, H, W]
-    gy = (xs * (theta[:, 3] / half_h) + ys * (theta[:, 4] / half_h)) + theta[:, 5] / half_h
-    ix = ((gx + 1) * (width / 2) - 0.5).round_()
-    iy = ((gy + 1) * (height / 2) - 0.5).round_()
-    inside = (ix > -1) & (ix < width) & (iy > -1) & (iy < height)
-    index = iy.clamp_(0, height - 1).mul_(width).add_(ix.clamp_(0, width - 1)).long()
+    # the same float32 operations in the same order, in place where the operand is a fresh [B, H, W] tensor
+    gx = torch.add(xs * (theta[:, 0] / half_w), ys * (theta[:, 1] / half_w)).add_(theta[:, 2] / half_w)  # [B, H, W]
+    gy = torch.add(xs * (theta[:, 3] / half_h), ys * (theta[:, 4] / half_h)).add_(theta[:, 5] / half_h)
+    ix = gx.add_(1).mul_(width / 2).sub_(0.5).round_()
+    iy = gy.add_(1).mul_(height / 2).sub_(0.5).round_()
+    ix_in, iy_in = ix.clamp(0, width - 1), iy.clamp(0, height - 1)
+    inside = (ix_in == ix) & (iy_in == iy)  # integers: -1 < ix < width  <=>  clamping leaves ix unchanged
+    index = iy_in.mul_(width).add_(ix_in).long()
     return index.view(-1, height * width), inside.view(-1, height * width)
 
 
@@ -186,32 +190,51 @@ def autocontrast_lut(hist: Tensor) -> Tensor:
     return ((values - low) / inv_scale).clamp_(0, 255)
 
 
+VALUE_TABLES = ("Identity", "Brightness", "Contrast", "Posterize", "Solarize", "Invert")  # tables of v alone
+
+
+def value_table(name: str, magnitude: Tensor, gray_mean: Tensor | None = None) -> Tensor:
+    """The table of one pointwise op that needs no histogram, per image: float32 [B, 256], not yet clamped.
+
+    Brightness and Contrast are v * float32(1 + magnitude) (+ Contrast's offset -magnitude * mean added in
+    float64, so that x * f + (1 - f) * mean rounds once, like torchvision's fused add_); Invert 255 - v;
+    Posterize keeps the top `magnitude` bits; Solarize inverts where v >= 255 * magnitude.
+
+    Args:
+        name: one of VALUE_TABLES. magnitude: float64 [B] (signed, torchvision's units).
+        gray_mean: float32 [B] mean of the floored luma (Contrast only).
+    """
+    v = torch.arange(256, device=magnitude.device, dtype=torch.float32)[None]  # [1, 256]
+    m = magnitude[:, None]  # [B, 1] float64
+    if name == "Identity":
+        return v.expand(m.shape[0], 256)
+    if name == "Invert":
+        return (255.0 - v).expand(m.shape[0], 256)
+    if name == "Posterize":
+        return torch.bitwise_and(v.long(), torch.bitwise_left_shift(255, 8 - m.long().clamp(0, 8)) & 255).float()
+    if name == "Solarize":
+        return torch.where(v >= (255.0 * m).float(), 255.0 - v, v)
+    scaled = v * (1.0 + m).float()  # float32(1 + magnitude), as torchvision's factor
+    if name == "Brightness":
+        return scaled
+    return (scaled.double() + (-m).float().double() * gray_mean[:, None].double()).float()  # Contrast
+
+
 def pointwise_lut(op: Tensor, magnitude: Tensor, hist: Tensor, gray_mean: Tensor, channels: int) -> Tensor:
     """The lookup table of each image's pointwise op (identity for other ops): uint8 [B*C, 256].
 
-    Brightness, Contrast, Invert and Identity are one affine table v * scale + offset per image (the
-    offset added in float64 so that Contrast's x * f + (1 - f) * mean rounds once, like torchvision's
-    fused add_); Posterize and Solarize replace it where they apply; AutoContrast and Equalize are per
-    channel, from the histograms.
+    Every image's row is `value_table` of its op (AutoContrast and Equalize per channel, from the histograms).
 
     Args:
         op: int64 [B]. magnitude: float64 [B] (signed, torchvision's units).
         hist: int32 [B*C, 256] (see `histograms`). gray_mean: float32 [B] mean of the floored luma.
         channels: C.
     """
-    v = torch.arange(256, device=op.device, dtype=torch.float32)[None]  # [1, 256]
-    m = magnitude[:, None]  # [B, 1] float64
     op = op[:, None]
-    scaled = (op == OP_ID["Brightness"]) | (op == OP_ID["Contrast"])
-    invert = op == OP_ID["Invert"]
-    scale = torch.where(scaled, (1.0 + m).float(), torch.where(invert, -1.0, 1.0))  # float32(1 + magnitude)
-    offset = torch.where(op == OP_ID["Contrast"], (-m).float().double() * gray_mean[:, None].double(),
-                         torch.where(invert, 255.0, 0.0).double())
-    table = ((v * scale).double() + offset).float()  # [B, 256]
-    posterize = torch.bitwise_and(v.long(), torch.bitwise_left_shift(255, 8 - m.long().clamp(0, 8)) & 255).float()
-    table = torch.where(op == OP_ID["Posterize"], posterize, table)
-    solarize = (op == OP_ID["Solarize"]) & (v >= (255.0 * m).float())  # invert where x >= 255 * magnitude
-    table = torch.where(solarize, 255.0 - v, table).clamp_(0, 255).repeat_interleave(channels, dim=0)  # [B*C, 256]
+    table = value_table("Identity", magnitude)
+    for name in VALUE_TABLES[1:]:
+        table = torch.where(op == OP_ID[name], value_table(name, magnitude, gray_mean), table)
+    table = table.clamp(0, 255).repeat_interleave(channels, dim=0)  # [B*C, 256]
     per_channel = op.repeat_interleave(channels, dim=0)  # [B*C, 1]
     table = torch.where(per_channel == OP_ID["AutoContrast"], autocontrast_lut(hist), table)
     table = torch.where(per_channel == OP_ID["Equalize"], equalize_lut(hist), table)
@@ -219,8 +242,11 @@ def pointwise_lut(op: Tensor, magnitude: Tensor, hist: Tensor, gray_mean: Tensor
 
 
 def apply_lut(x: Tensor, lut: Tensor) -> Tensor:
-    """out[b, c, i, j] = lut[b*C + c, x[b, c, i, j]]. x: uint8 [B, C, H, W]; lut: uint8 [B*C, 256]."""
-    return torch.gather(lut, 1, _pixel_index(x)).view(x.shape)
+    """out[b, c, i, j] = lut[row, x[b, c, i, j]], row b*C + c (lut uint8 [B*C, 256]) or b (lut [B, 256]).
+
+    x: uint8 [B, C, H, W]. Returns uint8 [B, C, H, W] NCHW.
+    """
+    return torch.gather(lut, 1, _pixel_index(x).view(lut.shape[0], -1)).view(x.shape)
 
 
 # ---------------------------------------------------------------------------- blends: color and sharpness
@@ -253,11 +279,11 @@ def blur_3x3(xf: Tensor) -> Tensor:
     B, C, H, W = xf.shape
     flat = xf.view(-1)
     n = flat.numel()
-    rows = torch.add(flat[:-2], flat[1:-1], out=_scratch("rows", (n - 2,), xf.dtype, xf.device)).add_(flat[2:])
-    sums = torch.add(rows[: -2 * W], rows[W:-W], out=_scratch("sums", (n - 2 - 2 * W,), xf.dtype, xf.device))
+    rows = torch.add(flat[:-2], flat[1:-1], out=scratch("rows", (n - 2,), xf.dtype, xf.device)).add_(flat[2:])
+    sums = torch.add(rows[: -2 * W], rows[W:-W], out=scratch("sums", (n - 2 - 2 * W,), xf.dtype, xf.device))
     sums.add_(rows[2 * W :])  # sums[k]: 3x3 sum centred on k + 1 + W; rows[k]: 3-sum centred on k + 1
     centre = flat[W + 1 : W + 1 + sums.numel()]
-    out = _scratch("blur", tuple(xf.shape), xf.dtype, xf.device)
+    out = scratch("blur", tuple(xf.shape), xf.dtype, xf.device)
     out_flat = out.view(-1)
     out_flat[: W + 1] = 0  # the two ends the shifted sums do not reach: border pixels
     out_flat[W + 1 + sums.numel() :] = 0
@@ -290,7 +316,7 @@ def blend(xf: Tensor, op: Tensor, magnitude: Tensor, gray: Tensor) -> Tensor:
     alpha = torch.where(_is(op, *BLENDS)[:, None, None, None], (-m).float(), 0.0)  # float32(1 - f) = -magnitude
     # D: blur - x, or gray for Color images (lerp with weight exactly 0 or 1 selects a side exactly)
     degenerate = blur_3x3(xf).lerp_(gray.expand_as(xf), is_color.float())
-    out = torch.mul(xf, p, out=_scratch("blend", tuple(xf.shape), xf.dtype, xf.device))
+    out = torch.mul(xf, p, out=scratch("blend", tuple(xf.shape), xf.dtype, xf.device))
     return out.addcmul_(degenerate, alpha).clamp_(0, 255)
 
 
@@ -312,10 +338,52 @@ def apply_op(x: Tensor, op: Tensor, magnitude: Tensor) -> Tensor:
     # 1. geometry; other images get the identity matrix, whose nearest source pixel is the pixel itself
     x = warp_nearest(x.contiguous(), inverse_affine(op, magnitude, H, W))
     # 2. blends; every other image comes out exactly as it went in (weight 0, then truncation of an integer)
-    xf = _scratch("xf", (B, C, H, W), torch.float32, x.device).copy_(x)
+    xf = scratch("xf", (B, C, H, W), torch.float32, x.device).copy_(x)
     gray = gray_floor(xf)  # [B, 1, H, W]
     y = blend(xf, op, magnitude, gray).to(torch.uint8)  # truncation, like torchvision's .to(uint8)
     # 3. tables, from the statistics of x (equal to y for every image with a table op), applied to y
     gray_mean = gray.sum(dim=(1, 2, 3)) / (H * W)  # integers below 2^24: the sum is exact in any order
     lut = pointwise_lut(op, magnitude, histograms(x), gray_mean, C)
     return apply_lut(y, lut)
+
+
+
+# the ops that share one batched pass, by what they compute: any mix of one family's ops (and Identity) runs as
+# one call of `apply_family`; Identity alone costs nothing
+# (Contrast apart: it alone needs the float luma of its images)
+FAMILIES = (("Identity",), GEOMETRIC, BLENDS, ("AutoContrast", "Equalize"), ("Contrast",),
+            ("Brightness", "Posterize", "Solarize", "Invert"))
+FAMILY = {name: family for family in FAMILIES for name in family}
+
+
+def apply_family(x: Tensor, family: tuple[str, ...], op: Tensor, magnitude: Tensor) -> Tensor:
+    """Image b gets OPS[op[b]], every op one of `family` (one of FAMILIES) or Identity, running only that
+    family's kernels; the values are `apply_op`'s for the same op and magnitude (the same functions).
+
+    Args:
+        x: uint8 [B, 3, H, W] contiguous NCHW. family: one of FAMILIES. op: int64 [B].
+        magnitude: float64 [B], torchvision's units.
+
+    Returns:
+        uint8 [B, 3, H, W] NCHW (x itself for the Identity family).
+    """
+    B, C, H, W = x.shape
+    if family == ("Identity",):
+        return x
+    if family == GEOMETRIC:
+        return warp_nearest(x, inverse_affine(op, magnitude, H, W))
+    if family == BLENDS:
+        xf = x.float()
+        return blend(xf, op, magnitude, gray_floor(xf)).to(torch.uint8)
+    if family == ("AutoContrast", "Equalize"):
+        hist = histograms(x)
+        per_channel = op.repeat_interleave(C)[:, None]  # [B*C, 1]
+        table = torch.arange(256, device=x.device, dtype=torch.float32).expand(B * C, 256)
+        table = torch.where(per_channel == OP_ID["AutoContrast"], autocontrast_lut(hist), table)
+        table = torch.where(per_channel == OP_ID["Equalize"], equalize_lut(hist), table)
+        return apply_lut(x, table.to(torch.uint8))
+    gray_mean = gray_floor(x.float()).sum(dim=(1, 2, 3)) / (H * W) if "Contrast" in family else None
+    table = value_table("Identity", magnitude)
+    for name in family:
+        table = torch.where(op[:, None] == OP_ID[name], value_table(name, magnitude, gray_mean), table)
+    return apply_lut(x, table.clamp(0, 255).to(torch.uint8))  # [B, 256]: one table per image

@@ -99,7 +99,8 @@ def test_cutout_through_gpuaugment_matches_drawn_centres():
 
 def test_shift_scale_rotate_is_exact_for_pixel_aligned_matrices():
     x = make_images(3, low=1)
-    theta = ops.ssr_matrices(torch.tensor([90.0, 0.0, 0.0]), torch.ones(3), torch.tensor([[0, 0], [3 / 32, 0], [0, 0]]), 32, 32)
+    shift = torch.tensor([[0, 0], [3 / 32, 0], [0, 0]])
+    theta = ops.ssr_matrices(torch.tensor([90.0, 0.0, 0.0]), torch.ones(3), shift, 32, 32)
     out = ops.shift_scale_rotate(x, theta, torch.tensor([True, True, False]), "zeros")
     assert torch.equal(out[0], torch.rot90(x[0], 1, (1, 2))) or torch.equal(out[0], torch.rot90(x[0], -1, (1, 2)))
     assert torch.equal(out[1][:, :, 3:], x[1][:, :, :-3]) and (out[1][:, :, :3] == 0).all()  # shift right 3 px
@@ -107,8 +108,10 @@ def test_shift_scale_rotate_is_exact_for_pixel_aligned_matrices():
 
 
 def test_affine_grid_matches_torch():
-    theta = ops.ssr_matrices(torch.tensor([30.0, -45.0]), torch.tensor([0.9, 1.1]), torch.tensor([[0.05, -0.02], [0.0, 0.06]]), 24, 32)
-    assert torch.allclose(ops.affine_grid(theta, 24, 32), F.affine_grid(theta, [2, 3, 24, 32], align_corners=False), atol=1e-6)
+    shift = torch.tensor([[0.05, -0.02], [0.0, 0.06]])
+    theta = ops.ssr_matrices(torch.tensor([30.0, -45.0]), torch.tensor([0.9, 1.1]), shift, 24, 32)
+    expected = F.affine_grid(theta, [2, 3, 24, 32], align_corners=False)
+    assert torch.allclose(ops.affine_grid(theta, 24, 32), expected, atol=1e-6)
 
 
 def test_color_jitter_matches_torchvision_reference():
@@ -230,7 +233,8 @@ def test_mixup_images_and_soft_labels():
     assert targets.shape == (B, B) and targets.dtype == torch.float32
     assert torch.allclose(targets.sum(1), torch.ones(B))
     assert 0 < lam < 1
-    assert torch.allclose(targets[labels, labels], lam.expand(B)) and torch.allclose(targets[labels, partner], 1 - lam.expand(B))
+    assert torch.allclose(targets[labels, labels], lam.expand(B))
+    assert torch.allclose(targets[labels, partner], 1 - lam.expand(B))
     assert torch.allclose(out, lam * clean + (1 - lam) * clean[partner], atol=1e-5)
 
 

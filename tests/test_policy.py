@@ -24,10 +24,64 @@ def within(observed: float, expected: float, n: int, sigmas: float = 4.0) -> boo
     return abs(observed - expected) <= sigmas * math.sqrt(expected * (1 - expected) / n) + 1e-9
 
 
+def per_image_draws(policy: Policy, batch: int, batches: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ops and magnitudes [S, batches * batch] from `batches` separate draws of `batch` images."""
+    draws = [policy.sample(batch, 32, 32, torch.device("cpu"))[:2] for _ in range(batches)]
+    return torch.cat([d[0] for d in draws], dim=1), torch.cat([d[1] for d in draws], dim=1)
+
+
+@pytest.mark.parametrize("name, strata", [("randaugment", 14), ("trivialaugment", 14), ("autoaugment", 25)])
+def test_each_image_draws_every_op_uniformly_across_batches(name, strata):
+    # image i of every batch: its op (AutoAugment: its sub-policy) is uniform over the K strata, whatever its
+    # place; a batch of 20 is not a multiple of K (14 ops, 25 sub-policies): padding positions keep it exact
+    torch.manual_seed(6)
+    policy, batch, batches = Policy(name), 20, 2000
+    picks = []
+    for _ in range(batches):
+        _, _, order = policy.sample(batch, 32, 32, torch.device("cpu"))
+        position = torch.argsort(order[0])[:batch]  # where each image sits in the permutation
+        picks.append(position // (order.shape[1] // strata))  # the op (sub-policy) of its position
+    picks = torch.stack(picks)  # [batches, B]
+    for image in (0, 7, 19):
+        counts = torch.bincount(picks[:, image], minlength=strata)
+        assert all(within(float(c) / batches, 1 / strata, batches, sigmas=4.5) for c in counts), (image, counts)
+
+
+@pytest.mark.parametrize("batch", [28, 256, 5])
+def test_ops_per_batch_are_the_fixed_stratified_counts(batch):
+    # every op owns G = ceil(B / 14) of the 14 G positions; B images fill all but 14 G - B of them
+    torch.manual_seed(7)
+    ops, _, order = Policy("randaugment", num_ops=2).sample(batch, 32, 32, torch.device("cpu"))
+    group = -(-batch // 14)
+    assert order.shape == (2, 14 * group)
+    for slot in range(2):
+        assert torch.equal(order[slot].sort().values, torch.arange(14 * group))  # a permutation of the positions
+        counts = torch.bincount(ops[slot], minlength=14)
+        assert counts.sum() == batch and int(counts.max()) <= group
+        assert int(counts.min()) >= group - (14 * group - batch)  # at worst all the padding in one op's share
+        # an image runs the op of its position
+        position = torch.argsort(order[slot])[:batch]
+        assert torch.equal(ops[slot], position // group)
+    if batch == 28:
+        assert torch.all(torch.bincount(ops.flatten(), minlength=14) == 4)  # exactly 2 images per op per slot
+
+
+@pytest.mark.parametrize("name", ["randaugment", "trivialaugment", "autoaugment"])
+@pytest.mark.parametrize("batch", [64, 13])
+def test_grouped_apply_equals_the_whole_batch_pass(name, batch):
+    # each op on its own images (apply with order) computes exactly what every op over the whole batch does
+    torch.manual_seed(8)
+    x = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    x[0] = x[0] // 4 + 60  # a narrow histogram: equalize and autocontrast really stretch
+    policy = Policy(name, num_ops=3)
+    ops, mags, order = policy.sample(batch, 32, 32, x.device)
+    assert torch.equal(policy.apply(x, ops, mags, order), policy.apply(x, ops, mags))
+
+
 def test_randaugment_draws_uniform_ops_fixed_magnitude_and_fair_signs():
     torch.manual_seed(0)
     policy = Policy("randaugment", num_ops=3, magnitude=9)
-    ops, mags = policy.sample(N, 32, 32, torch.device("cpu"))
+    ops, mags, _ = policy.sample(N, 32, 32, torch.device("cpu"))
     assert ops.shape == mags.shape == (3, N)
     counts = torch.bincount(ops.flatten(), minlength=len(OPS))
     assert counts[OP_ID["Invert"]] == 0  # not in RandAugment's space
@@ -47,7 +101,7 @@ def test_randaugment_draws_uniform_ops_fixed_magnitude_and_fair_signs():
 
 def test_trivialaugment_draws_every_bin_uniformly():
     torch.manual_seed(1)
-    ops, mags = Policy("trivialaugment").sample(N, 32, 32, torch.device("cpu"))
+    ops, mags, _ = Policy("trivialaugment").sample(N, 32, 32, torch.device("cpu"))
     assert ops.shape == (1, N)
     rotate = mags[ops == OP_ID["Rotate"]].abs()
     bins = torch.linspace(0.0, 135.0, 31).double()
@@ -59,7 +113,7 @@ def test_trivialaugment_draws_every_bin_uniformly():
 
 def test_autoaugment_follows_the_cifar10_sub_policies():
     torch.manual_seed(2)
-    ops, mags = Policy("autoaugment").sample(N, 32, 32, torch.device("cpu"))
+    ops, mags = per_image_draws(Policy("autoaugment"), 20, N // 20)
     sub_ops, probs, bins = autoaugment_cifar10()
     assert sub_ops.shape == (25, 2)
     # P(slot 0 runs Invert) = P(sub-policy 0) * 0.1; Invert appears only in sub-policies 0, 14 (p 0) and 23 (slot 1)
@@ -87,8 +141,8 @@ def test_policy_changes_images_per_image_and_keeps_uint8(name):
     torch.manual_seed(4)
     x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
     policy = Policy(name)
-    ops, mags = policy.sample(64, 32, 32, x.device)
-    out = policy.apply(x, ops, mags)
+    ops, mags, order = policy.sample(64, 32, 32, x.device)
+    out = policy.apply(x, ops, mags, order)
     assert out.dtype == torch.uint8 and out.shape == x.shape
     changed = (out != x).flatten(1).any(1)
     assert float(changed.float().mean()) > (0.3 if name == "autoaugment" else 0.7)  # AutoAugment's ops often skip
