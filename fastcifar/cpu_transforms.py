@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torchvision.transforms import InterpolationMode, v2
 
 from fastcifar.alternate_flip import alternate_flips
-from fastcifar.config import AugmentConfig
+from fastcifar.config import STORED_SIDE, AugmentConfig
 from fastcifar.policy import RANDAUGMENT_BINS, _interpolate, magnitude_table
 
 
@@ -114,7 +114,7 @@ class CpuTransform:
             tail.append(v2.RandomResizedCrop([cfg.image_size] * 2, scale=tuple(cfg.rrc_scale),
                                              ratio=tuple(cfg.rrc_ratio), interpolation=InterpolationMode.BILINEAR,
                                              antialias=False))
-        else:
+        elif cfg.image_size != STORED_SIDE:  # a resize to the stored side is the identity: skip its cost
             tail.append(v2.Resize([cfg.image_size] * 2, interpolation=InterpolationMode.BILINEAR, antialias=True))
         self.head, self.pipeline = v2.Compose(head or [v2.Identity()]), v2.Compose(tail)
 
