@@ -43,13 +43,13 @@ from fastcifar.bench.suites import (
     settings_dict,
 )
 from fastcifar.bench.thresholds import ABOVE_CEILING_NOTE, MIN_ITERS_FOR_MEDIAN
-from fastcifar.bench.timing import usable_cores
 from fastcifar.config import Config, apply_overrides, from_dict, load_config, to_dict
 from fastcifar.data.cifar import DATASETS
 from fastcifar.engine.amp_modes import AMP_MODES
 from fastcifar.engine.distributed import resolve_device
 from fastcifar.errors import FastcifarError
 from fastcifar.loaders import LOADERS
+from fastcifar.loaders.base import usable_cores
 from fastcifar.loaders.ffcv_loader import keep_torch_threads
 
 DEFAULT_LOADERS = ",".join(LOADERS)  # every loader, without the -native variants

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from fastcifar.bench.thresholds import BUSY_OTHERS_SHARE
-from fastcifar.bench.timing import process_cpu_seconds, usable_cores
+from fastcifar.bench.timing import process_cpu_seconds
+from fastcifar.loaders.base import usable_cores
 from fastcifar.provenance import cpu_model, device_name, git_revision, versions
 
 

@@ -13,7 +13,6 @@ measured region, divided by the region's wall time: 100 % = one core busy, and `
 from __future__ import annotations
 
 import math
-import os
 import resource
 import statistics
 import time
@@ -23,6 +22,7 @@ from typing import Sequence
 import torch
 
 from fastcifar.engine.precision import synchronize
+from fastcifar.loaders.base import usable_cores
 
 # ---------------------------------------------------------------------------- clocks
 
@@ -97,14 +97,6 @@ def throughput(seconds: Sequence[float], items: int | Sequence[int]) -> Summary:
 
 
 # ---------------------------------------------------------------------------- CPU utilisation
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (affinity-aware; falls back to os.cpu_count())."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def process_cpu_seconds() -> float:
