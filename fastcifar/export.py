@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from fastcifar.atomic import TEMP_PREFIX
 from fastcifar.config import Config, from_dict
-from fastcifar.engine.checkpoint import BEST, load_checkpoint, resolve_checkpoint
+from fastcifar.engine.checkpoint import BEST, eval_weights, load_checkpoint, resolve_checkpoint
 from fastcifar.errors import FastcifarError
 
 MARGIN_FILE = "margin_head.safetensors"
@@ -114,7 +114,7 @@ def _check_out_dir(out: Path) -> Path:
 
 def _weights(state: dict, ema: bool | None, path: Path) -> dict[str, Tensor]:
     if ema is None:
-        return state.get("ema") or state["model"]  # what evaluation used (engine/checkpoint.eval_weights)
+        return eval_weights(state)  # what evaluation used
     if ema and not state.get("ema"):
         raise FastcifarError(f"Checkpoint '{path}' kept no EMA weights (train.ema_decay was 0); export without --ema.")
     return state["ema"] if ema else state["model"]

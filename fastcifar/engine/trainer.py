@@ -42,7 +42,7 @@ from fastcifar.engine.checkpoint import (
     set_rng_state,
     snapshot,
 )
-from fastcifar.engine.device_wait import DeviceWaitRecorder  # [measure]
+from fastcifar.engine.device_wait import DeviceWaitRecorder
 from fastcifar.engine.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -303,7 +303,7 @@ class Trainer:
         correct = torch.zeros((), dtype=torch.int64, device=device)
         count = warm_images = 0
         wait = warm_wait = warm_step = 0.0  # seconds
-        device_wait = DeviceWaitRecorder(device, len(loader))  # [measure] CUDA events per step; no-op on CPU
+        device_wait = DeviceWaitRecorder(device, len(loader))  # CUDA events per step; no-op on CPU
         with EpochProgress(epoch, self.cfg.train.epochs, len(loader), enabled=self.progress and self.dist.main,
                            world_size=self.dist.world_size, console=self.console) as bar:
             start = time.perf_counter()
@@ -327,9 +327,9 @@ class Trainer:
                     if self.first_warmup_s is None:
                         self.first_warmup_s = warm_step
                 else:
-                    device_wait.start()  # [measure]
+                    device_wait.start()
                     loss, hits = self._step(images, labels)
-                    device_wait.end()  # [measure]
+                    device_wait.end()
                 loss_sum += loss.double() * labels.shape[0]
                 correct += hits
                 count += labels.shape[0]
@@ -349,8 +349,8 @@ class Trainer:
         }
         if warm_images:
             out.update(warmup_s=warm_step, loader_warmup_s=warm_wait)
-        idle = device_wait.idle()  # [measure] read once, after the epoch's sync; None on CPU
-        if idle is not None:  # [measure] share of the device timeline idle between steps, and its seconds
+        idle = device_wait.idle()  # read once, after the epoch's sync; None on CPU
+        if idle is not None:  # share of the device timeline idle between steps, and its seconds
             out.update(device_wait=idle.share, device_wait_s=idle.idle_s)
         return out
 
