@@ -260,7 +260,8 @@ class Pieces:
         sums["correct"] += hits
 
     def eval_batch(self) -> dict:
-        """eval_pass over the first batch of the real test loader, with the config's TTA."""
+        """eval_pass over the first batch of the real test loader, with the config's TTA, padded as a compiled
+        model's last partial batch is (`pad_to`): the padding path must not sync either."""
         first = _FirstBatch(self.test_loader)
         ema = self.stepper.ema
         eval_model = ema.module if ema is not None else self.stepper.model
@@ -271,6 +272,7 @@ class Pieces:
             autocast(self.device, self.cfg.train.amp),
             self.num_classes,
             tta=self.cfg.train.tta,
+            pad_to=BATCH + 3,  # every eval batch here is "partial"
         )
 
 
