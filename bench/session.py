@@ -254,6 +254,10 @@ def run_plan(steps: list[Step], budget_s: float, out_path: Path, header: dict, l
                     record["found"] = step.parse(step, log)
                 except Exception as error:  # noqa: BLE001 - a parse error is recorded, never lost in a traceback
                     record["found"] = {"parse_error": f"{type(error).__name__}: {error}"}
+            counts = (record.get("found") or {}).get("counts")
+            if status == "ok" and counts is not None and not counts.get("passed"):
+                # exit 0 with every test skipped (no CUDA visible, say) proves nothing: never report it as ok
+                record.update(status="no-tests", reason="pytest passed no test (all skipped or deselected)")
         result["steps"].append(record)
         result["elapsed_s"] = round(clock() - start, 1)
         _write(out_path, result)

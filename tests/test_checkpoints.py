@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 
 import pytest
 import torch
@@ -42,15 +43,17 @@ def test_best_holds_weights_last_holds_everything_and_checkpoint_time_is_counted
 def test_save_every_writes_last_pt_on_its_epochs_and_always_the_last(root, tmp_path, monkeypatch):
     import fastcifar.engine.checkpoint as checkpoint
 
-    written = []
+    written, threads = [], set()
     real = checkpoint.save_checkpoint
     def recording(state, path):
         written.append((path.name, state["epoch"]))
+        threads.add(threading.current_thread().name)
         real(state, path)
 
     monkeypatch.setattr(checkpoint, "save_checkpoint", recording)
     run_tiny(root, tmp_path, train={"epochs": 5, "save_every": 2})
     assert [epoch for name, epoch in written if name == "last.pt"] == [1, 3, 4]
+    assert threads == {"fastcifar-checkpoint"}  # every write ran off the training thread
 
 
 def test_snapshot_is_a_copy_that_training_cannot_change():

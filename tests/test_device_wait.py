@@ -15,10 +15,16 @@ class FakeClock:
     def __init__(self) -> None:
         self.now_ms = 0.0
         self.made = 0
+        self.events: list[FakeEvent] = []
 
     def event(self) -> "FakeEvent":
         self.made += 1
-        return FakeEvent(self)
+        self.events.append(FakeEvent(self))
+        return self.events[-1]
+
+    def syncs(self) -> int:
+        """Host waits on any event so far (the recorder may wait once per idle() read, never per step)."""
+        return sum(e.synced for e in self.events)
 
 
 class FakeEvent:
@@ -79,7 +85,9 @@ def test_recorder_preallocates_reuses_events_and_reads_once():
             clock.now_ms = t + 10.0  # a 10 ms step
             recorder.end()
             t += 10.0 + epoch_gap  # then the device idles `epoch_gap` ms
+        assert clock.syncs() == (0 if epoch_gap == 1.0 else 1)  # start/end never wait for the device
         idle = recorder.idle()
+        assert clock.syncs() == (1 if epoch_gap == 1.0 else 2)  # one wait per epoch's read
         assert recorder.steps == 3 and idle.steps == 3
         assert idle.idle_s == pytest.approx(2 * epoch_gap / 1000)
         assert idle.span_s == pytest.approx((30 + 2 * epoch_gap) / 1000)

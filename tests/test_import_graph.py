@@ -15,7 +15,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # source folder -> the package it installs as (setup.py's package_dir)
 PACKAGES = {"fastcifar": "fastcifar", "loaders": "fastcifar.loaders", "bench": "fastcifar.bench"}
-OPTIONAL = ("ffcv", "nvidia")  # modules that need an optional library are imported lazily; their files still parse
+# modules that need an optional library are imported lazily; their files still parse
+OPTIONAL = ("ffcv", "nvidia")
+OPTIONAL_MODULES = ("fastcifar.loaders.ffcv_loader", "fastcifar.loaders.dali_loader")  # the only ones needing one
 
 
 def modules() -> dict[str, Path]:
@@ -101,3 +103,4 @@ def test_every_module_imports():
             importlib.import_module(name)
         except ImportError as error:  # only an optional backend may be missing, and only in its own loader file
             assert any(part in str(error) for part in OPTIONAL), f"{name}: {error}"
+            assert name in OPTIONAL_MODULES, f"{name} needs an optional backend at import time: {error}"

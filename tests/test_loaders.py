@@ -474,6 +474,7 @@ def test_dali_pipeline_persists_and_an_epoch_starts_without_reading_a_shard(root
         handed.clear()
         batches = iter(loader)
         x, _ = next(batches)
+        assert handed and handed[0] == B, handed  # the counting feed is the one DALI calls
         assert sum(handed) <= (cfg.data.prefetch + 1) * B < 512, handed  # the shard is 512 samples
         rest = order_of_batches([x] + [x for x, _ in batches], train_src)
         np.testing.assert_array_equal(rest, sample_order(512, seed=3, epoch=e, train=True, drop_last=False))
@@ -521,6 +522,7 @@ def test_dali_native_augment_replays_any_epoch(root):
     resumed = build_loader(cfg, "train", train=True, device="cpu")
     resumed.set_epoch(1)
     a, b = batches_of(continued), batches_of(resumed)
+    assert len(a) == len(b) > 0
     assert all(np.array_equal(x, y) for (x, _), (y, _) in zip(a, b))
     resumed.set_epoch(2)
     assert not all(np.array_equal(x, y) for (x, _), (y, _) in zip(a, batches_of(resumed)))

@@ -13,7 +13,7 @@ from fastcifar.config import AugmentConfig, from_dict
 from fastcifar.cpu_transforms import NoisyRandAugment, cpu_transform
 from fastcifar.engine.host_sync import HostSyncDetector
 from fastcifar.errors import FastcifarError
-from fastcifar.policy import Policy, autoaugment_cifar10
+from fastcifar.policy import Policy, _interpolate, autoaugment_cifar10
 from fastcifar.policy_ops import OP_ID, OPS
 
 MEAN, STD = [125.3, 123.0, 113.9], [63.0, 62.1, 66.7]
@@ -182,6 +182,8 @@ def test_cpu_baseline_runs_torchvisions_policy_with_the_same_settings(name, cls)
     fn = cpu_transform(AugmentConfig(policy=name, policy_ops=3, policy_magnitude=11, crop_padding=4), train=True)
     found = [t for t in fn.pipeline.transforms if isinstance(t, cls)]
     assert len(found) == 1
+    noisy = cpu_transform(AugmentConfig(policy="randaugment", policy_magnitude_std=0.5), train=True)
+    assert any(isinstance(t, NoisyRandAugment) for t in noisy.pipeline.transforms)  # magnitude noise on the CPU too
     if name == "randaugment":
         assert (found[0].num_ops, found[0].magnitude) == (3, 11)
     if name == "autoaugment":
@@ -200,3 +202,31 @@ def test_noisy_randaugment_on_the_cpu_draws_around_m():
     rot = torch.tensor([m for name, m in seen if name == "Rotate"]).abs()
     assert abs(float(rot.mean()) - 15.0) < 1.0  # Rotate is linear in the bin: 1 degree per bin (30 / 30)
     assert float(rot.std()) > 2.0
+
+
+@pytest.mark.parametrize("fields", [
+    {"policy": "randaugment", "policy_magnitude": 15},
+    {"policy": "autoaugment", "rrc_scale": [0.3, 1.0], "image_size": 64},
+])
+def test_train_batch_applies_exactly_the_policy_and_box_it_draws(fields):
+    """train_batch = the drawn policy (and RandomResizedCrop box) applied, and differs from no augmentation."""
+    aug = GpuAugment(AugmentConfig(**fields), MEAN, STD, 10, seed=7)
+    x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (16,))
+    torch.manual_seed(3)
+    p = aug.sample(16, 32, 32, x.device)
+    want = aug.to_model_input(aug.apply(x, p), None, p.rrc_box)
+    torch.manual_seed(3)
+    got, _ = aug.train_batch(x, labels)
+    assert torch.equal(got, want)
+    plain = GpuAugment(AugmentConfig(image_size=fields.get("image_size", 32)), MEAN, STD, 10).eval_batch(x)
+    assert (got - plain).abs().amax(dim=(1, 2, 3)).gt(0.1).float().mean() > 0.5  # most images really changed
+    if "rrc_scale" in fields:  # the box was used: the same policy output plainly resized differs
+        assert not torch.allclose(got, aug.to_model_input(aug.apply(x, p)), atol=1e-3)
+
+
+def test_fractional_magnitude_bins_interpolate_between_neighbours():
+    table = torch.tensor([[0.0, 10.0, 30.0]], dtype=torch.float64)
+    ops = torch.zeros(3, dtype=torch.long)
+    out = _interpolate(table, ops, torch.tensor([0.5, 1.25, 2.0], dtype=torch.float64))
+    assert torch.allclose(out, torch.tensor([5.0, 15.0, 30.0], dtype=torch.float64))

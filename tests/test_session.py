@@ -64,6 +64,15 @@ def test_the_plan_budget_caps_a_step_and_skips_the_rest(tmp_path):
     assert second["status"] == "not-run" and "2 s left" in second["reason"]
 
 
+def test_a_pytest_step_that_passed_no_test_is_not_ok(tmp_path):
+    def pytest_like(name: str, summary: str) -> Step:
+        return Step(name, [sys.executable, "-c", f"print({summary!r})"], 30, min_s=0, parse=session._pytest)
+
+    steps = [pytest_like("all_skipped", "8 skipped in 0.1s"), pytest_like("ran", "2 passed, 1 skipped in 0.1s")]
+    result = run_plan(steps, budget_s=60, out_path=tmp_path / "p.json", header={}, log_dir=tmp_path, reserve_s=0)
+    assert {s["name"]: s["status"] for s in result["steps"]} == {"all_skipped": "no-tests", "ran": "ok"}
+
+
 def test_parsers_read_recompiles_and_pytest_counts():
     log = ("V1202 torch/_dynamo/guards.py:1 [0/1] [__recompiles] Recompiling function forward in /m.py:10\n"
            "V1202 [__recompiles]     triggered by the following guard failure(s):\n"
@@ -106,6 +115,7 @@ def test_check_dry_run_runs_the_plan_on_the_cpu(tmp_path):
     status = {s["name"]: s["status"] for s in result["steps"]}
     assert all(status[name] == "ok"
                for name in ("data", "cuda_tests", "recompiles", "dali_boundary", "e2e_224")), status
+    assert status["host_sync"] == "no-tests"  # its tests are all CUDA-marked: skipped here, and never called ok
     found = {s["name"]: s.get("found") for s in result["steps"]}
     assert found["recompiles"]["recompiles"] == 0 and found["recompiles"]["epoch_lines"] == 2
     dali = found["dali_boundary"]["rows"]
