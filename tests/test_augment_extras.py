@@ -157,14 +157,16 @@ def test_mix_elem_gives_each_image_its_own_lambda_and_matching_labels():
 
 def test_cutmix_elem_pastes_a_box_per_image_with_its_area_as_label_weight():
     torch.manual_seed(5)
-    aug = GpuAugment(AugmentConfig(cutmix_alpha=1.0, mix_mode="elem", normalize=False), MEAN, STD, 4)
+    aug = GpuAugment(AugmentConfig(cutmix_alpha=1.0, mix_mode="elem", normalize=False), MEAN, STD, 8)
     x = make_images(8).float() / 255
     p = aug.sample_mix(32, x.device, 8)
-    out, targets = aug.mix(x.clone(), torch.arange(8) % 4, p)
+    out, targets = aug.mix(x.clone(), torch.arange(8), p)  # every image its own class: the weights are visible
     partner = torch.tensor([4, 5, 6, 7, 0, 1, 2, 3])
     for b in range(8):
         pasted = (out[b] == x[partner[b]]).all(0) & (out[b] != x[b]).any(0)
         assert math.isclose(float(pasted.float().mean()), 1 - float(p.lam[b]), abs_tol=0.02)
+        assert math.isclose(float(targets[b, b]), float(p.lam[b]), abs_tol=1e-6)
+        assert math.isclose(float(targets[b, partner[b]]), 1 - float(p.lam[b]), abs_tol=1e-6)
     assert len(set(p.lam.tolist())) > 4
 
 

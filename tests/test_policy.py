@@ -170,7 +170,7 @@ def test_bad_policy_settings_raise_one_sentence():
     for augment in ({"policy": "randaugmnt"}, {"policy_magnitude": 31}, {"policy_ops": 0},
                     {"policy_magnitude_std": -1.0}, {"rrc_scale": [0.5]}, {"rrc_scale": [0.9, 0.1]},
                     {"rrc_ratio": [0.0, 1.0]}, {"hflip_mode": "alternate", "hflip": 1.0}):
-        with pytest.raises(FastcifarError):
+        with pytest.raises(FastcifarError, match=f"augment.{next(iter(augment))}"):  # names the bad field
             from_dict({"augment": augment})
     with pytest.raises(FastcifarError, match="native_augment"):
         from_dict({"augment": {"hflip": 0.5, "hflip_mode": "alternate"}, "data": {"native_augment": True}})

@@ -5,6 +5,7 @@ Fixed-size families at any size, hf-hub:/local-dir: names, weight files through 
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -30,12 +31,24 @@ SMALL_SWIN = {
 
 
 @pytest.mark.parametrize("model", [{"name": "test_vit3"}, SMALL_SWIN], ids=["vit", "swin"])
-def test_fixed_size_families_train_at_32px_and_multiscale(model, prepared_root, tmp_path):
+def test_fixed_size_families_train_at_32px_and_multiscale(model, prepared_root, tmp_path, monkeypatch):
+    import fastcifar.engine.step as step
+
+    sides, real = [], step.train_step
+
+    def recording(model, x, *args, **kwargs):
+        sides.append(x.shape[-1])
+        return real(model, x, *args, **kwargs)
+
+    monkeypatch.setattr(step, "train_step", recording)
     root = prepared_root("cifar10")
     _, records, _ = run_tiny(root, tmp_path, model=model, train={"epochs": 1})
-    assert records[-1]["step"] == 8 and records[-1]["test_acc"] is not None  # 512 images / 64: every step ran at 32 px
+    assert records[-1]["step"] == 8 and set(sides) == {32}  # 512 images / 64: every step ran at 32 px
+    assert math.isfinite(records[-1]["train_loss"]) and records[-1]["test_acc"] is not None
+    sides.clear()
     _, records, _ = run_tiny(root, tmp_path, model=model, augment={"scales": [32, 48]}, train={"epochs": 1})
-    assert records[-1]["step"] == 8 and records[-1]["train_loss"] == records[-1]["train_loss"]  # finite, not NaN
+    assert records[-1]["step"] == 8 and set(sides) == {32, 48}  # both sides really went through the model
+    assert math.isfinite(records[-1]["train_loss"])
 
 
 def test_fixed_size_model_gets_img_size_and_dynamic_only_when_scales_ask():
