@@ -95,7 +95,8 @@ class Policy:
         if name not in POLICIES[1:]:
             raise ValueError(f"unknown policy {name!r}; one of {POLICIES[1:]}")
         self.name, self.num_ops, self.magnitude, self.magnitude_std = name, num_ops, magnitude, magnitude_std
-        self._tables: dict[tuple, tuple[Tensor, ...]] = {}
+        self._tables: dict[tuple, tuple[Tensor, ...]] = {}  # (device, height, width) -> op tables on it
+        self._layouts: dict[tuple, tuple[Tensor, list]] = {}  # (slot, G, device) -> `_groups`
 
     @property
     def slots(self) -> int:
@@ -206,7 +207,7 @@ class Policy:
             [(family, start, stop)]: positions[start:stop] run `family`), cached per (slot, G, device).
         """
         key = (slot, group, device)
-        if key not in self._tables:
+        if key not in self._layouts:
             if self.name == "autoaugment":
                 names = [OPS[int(op)] for op in autoaugment_cifar10()[0][:, slot]]  # per sub-policy
             else:
@@ -216,8 +217,8 @@ class Policy:
             ranges = [torch.arange(j * group, (j + 1) * group, device=device) for js in strata for j in js]
             stops = [group * n for n in itertools.accumulate(len(js) for js in strata)]
             groups = [(family, stop - group * len(js), stop) for family, js, stop in zip(families, strata, stops)]
-            self._tables[key] = (torch.cat(ranges), groups)
-        return self._tables[key]
+            self._layouts[key] = (torch.cat(ranges), groups)
+        return self._layouts[key]
 
     def __call__(self, x: Tensor) -> Tensor:
         """Draw and apply: uint8 [B, 3, H, W] -> uint8 [B, 3, H, W] NCHW."""

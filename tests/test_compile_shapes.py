@@ -82,3 +82,17 @@ def test_graph_count_plans_one_graph_per_shape_and_says_when_it_exceeds_dynamos_
     assert build.graph_count(ragged, eval_compiled=True) == 2 + 1
     assert build.graph_note(8) is None
     assert "raised from 8 to 11" in build.graph_note(11)
+
+
+@pytest.mark.parametrize("train, eval_graphs, eval_rows", [
+    ({"tta": "flip_translate"}, 1, 512),  # three forwards of image + mirror per batch: still one eval shape
+    ({"ema_decay": 0.9}, 0, None),  # the EMA copy evaluates eagerly: no eval graph, no padding
+], ids=["flip_translate", "ema"])
+def test_tta_and_ema_keep_the_planned_graph_count(train, eval_graphs, eval_rows, prepared_root, tmp_path, graphs):
+    root = prepared_root("cifar10", ("npy",))
+    sections = {**SECTIONS, "train": {**SECTIONS["train"], **train}}
+    run_tiny(root, tmp_path, **sections)
+    assert len(graphs) == 2 + eval_graphs and not any(_symbolic(g) for g in graphs), graphs
+    images = [[s for s in g if isinstance(s, tuple) and len(s) == 4 and s[1] == 3] for g in graphs]
+    rows = sorted(max(shapes, key=lambda s: s[0] * s[2] * s[3])[0] for shapes in images)
+    assert rows == sorted([64, 64] + ([eval_rows] if eval_rows else []))
