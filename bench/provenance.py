@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from fastcifar import cpu_memory
 from fastcifar.bench.thresholds import BUSY_OTHERS_SHARE
 from fastcifar.bench.timing import process_cpu_seconds
 from fastcifar.loaders.base import usable_cores
@@ -32,6 +33,7 @@ def collect(device: torch.device, settings: dict) -> dict:
         "cpu_count": os.cpu_count(),
         "usable_cores": usable_cores(),
         "torch_threads": torch.get_num_threads(),
+        "cpu_allocator": cpu_memory.in_effect,  # huge pages / heap reuse set by the CLI (fastcifar.cpu_memory)
         "git": git_revision(),
         "hostname": socket.gethostname(),
         "platform": platform.platform(),

@@ -138,6 +138,10 @@ def _headline(result: dict) -> list[str]:
     source = f"config {config['name']}" if config.get("name") else "bench defaults"
     if config.get("overrides"):
         source += " with --set " + " ".join(config["overrides"])
+    allocator = prov.get("cpu_allocator") or {}  # absent in results made before fastcifar.cpu_memory
+    if prov["device"] == "cpu" and allocator:
+        host += (f" · CPU allocator: huge pages {'on' if allocator['thp'] else 'off'}, freed memory "
+                 f"{'reused in the heap' if allocator['heap_reuse'] else 'returned to the OS'}")
     lines = [
         f"device: {prov['device_name']} · {host} · torch {prov['versions']['torch']}"
         f" · ffcv {prov['versions']['ffcv'] or 'not installed'} · dali {prov['versions']['dali'] or 'not installed'}",

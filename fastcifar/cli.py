@@ -15,15 +15,13 @@ from rich.console import Console
 from rich.table import Table
 from rich_argparse import RichHelpFormatter
 
-from fastcifar import __version__
+from fastcifar import __version__, cpu_memory
 from fastcifar.data.cifar import DATASETS as DATASET_SPECS
 from fastcifar.data.manifest import DALI_ENCODINGS, FORMATS
 from fastcifar.errors import FastcifarError
 from fastcifar.loaders import LOADERS
 
-# Transparent huge pages for torch's CPU allocator: a fresh 224 px float batch otherwise spends most of its
-# time in page faults (~3x slower augment on CPU, measured). Read lazily by torch, so setting it here suffices.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+cpu_memory.configure()  # before torch allocates: big CPU blocks reused, in huge pages (see cpu_memory.py)
 # Piped output (CI logs, `| tee`): rich would assume 80 columns and fold every table; logs are read wide.
 if not sys.stdout.isatty():
     os.environ.setdefault("COLUMNS", "160")
