@@ -15,8 +15,12 @@ memory, which the detector does not watch: its modes are per thread, and other p
     dali   the external source's callback (the epoch's order, the native flip / translate draws, entry views),
            share_outputs, the DLPack views, nhwc_to_contract. Labels are parsed from ASCII once, at build.
 
-Evaluation always reads through the `gpu` loader (`inputs.eval_loader`, for the trainer and `fastcifar eval`),
-which tests/test_host_sync.py watches.
+With `data.workers: 0` the torch loader runs its per-image CPU transforms and collate in the training thread too;
+they read host scalars by design (the per-sample baseline users run), which the CPU detector cannot tell from
+device reads, so the watched runs use worker processes (the default is `data.workers: 4`).
+
+Evaluation reads through the `gpu` loader (`inputs.eval_loader`) in the trainer and in `fastcifar eval`, whatever
+`data.loader` is; tests/test_host_sync.py watches it (only the Python `evaluate(..., loader=...)` picks another).
 
 Each case then breaks its loader on purpose (an `.item()` in code the training thread runs) and checks that the
 detector reports it there, so the clean result cannot come from a region the detector does not see.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import inspect
 
 import pytest
@@ -173,7 +178,7 @@ def sabotage(name: str, monkeypatch) -> None:
 
         monkeypatch.setattr(EpochIterator, "__next__", next_and_read)
         return
-    module = __import__(LOADERS[name].module, fromlist=["nhwc_to_contract"])
+    module = importlib.import_module(LOADERS[name].module)
 
     def view_and_read(images: torch.Tensor) -> torch.Tensor:
         reads(images)
