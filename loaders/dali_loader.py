@@ -224,15 +224,19 @@ class DaliLoader:
                                drop_last=self.drop_last)
         return num_batches(samples, self.batch_size, self.drop_last)
 
-    def _order(self, epoch: int) -> torch.Tensor:
-        """The split's sample indices this rank visits this epoch (base.sample_order, over `indices`)."""
+    def _order(self, epoch: int) -> np.ndarray:
+        """int64 [n_rank]: the split's sample indices this rank visits this epoch (base.sample_order, over `indices`).
+
+        Drawn on the CPU (a host permutation) and indexed into the subset in numpy, as the torch loader's
+        sampler does: no numpy -> tensor -> numpy round trip at each epoch start.
+        """
         order = sample_order(self.n, seed=self.seed, epoch=epoch, rank=self.rank, world_size=self.world_size,
-                             train=self.train, drop_last=self.drop_last)
-        return order if self.indices is None else torch.from_numpy(self.indices)[order]
+                             train=self.train, drop_last=self.drop_last).numpy()
+        return order if self.indices is None else self.indices[order]
 
     def _batches(self, epoch: int) -> Iterator[tuple]:
         """The external source's batches of one epoch (see epoch_batches), with this epoch's augment draws."""
-        order = self._order(epoch).numpy()
+        order = self._order(epoch)
         rng = augment_seed(self.seed, epoch, self.rank)
         flips = (rng.random(len(order)) < self.hflip).astype(np.int32) if self.hflip > 0 else None  # [n] 1 = mirror
         p = self.crop_padding
