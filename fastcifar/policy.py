@@ -189,22 +189,26 @@ class Policy:
             positions, groups = self._groups(slot, P // self.strata, x.device)
             index = order[slot][positions]  # [P] the images, grouped by family
             rows = index if where is None else where[index]  # ... and where to read them
-            y = torch.cat([apply_family(xp.index_select(0, rows[a:b]), family, ops[slot][index[a:b]],
-                                        magnitudes[slot][index[a:b]]) for family, a, b in groups])
+            xs, op, magnitude = xp.index_select(0, rows), ops[slot][index], magnitudes[slot][index]
+            y = torch.cat([apply_family(xs[a:b], family, op[a:b], magnitude[a:b], segments)
+                           for family, a, b, segments in groups])
             # image i is row where[i] of y (an index_select is far cheaper than an index_copy_ back)
             where = torch.empty_like(index).scatter_(0, index, torch.arange(P, device=x.device))
             xp = y
         return xp.index_select(0, where[:B])
 
-    def _groups(self, slot: int, group: int, device: torch.device) -> tuple[Tensor, list[tuple[tuple, int, int]]]:
-        """The positions of `slot` sorted by family of ops (policy_ops.FAMILIES).
+    def _groups(self, slot: int, group: int, device: torch.device) -> tuple[Tensor, list[tuple]]:
+        """The positions of `slot` sorted by family of ops (policy_ops.FAMILIES), and by op within a family.
 
         Positions j*G .. j*G + G - 1 belong to stratum j (an op, or an AutoAugment sub-policy: its op in this
-        slot); the strata whose ops share a family run as one group of a size fixed by the batch size.
+        slot); the strata whose ops share a family run as one group of a size fixed by the batch size, and
+        within it each op's rows are known too (every image there runs that op, or Identity).
 
         Returns:
             (positions int64 [K*G], made with arange on the device: no host-to-device copy; groups
-            [(family, start, stop)]: positions[start:stop] run `family`), cached per (slot, G, device).
+            [(family, start, stop, segments)]: positions[start:stop] run `family`, and segments
+            ((op name, start, stop), ...) say which op each of those rows runs, counted from the group's
+            start), cached per (slot, G, device).
         """
         key = (slot, group, device)
         if key not in self._layouts:
@@ -212,11 +216,16 @@ class Policy:
                 names = [OPS[int(op)] for op in autoaugment_cifar10()[0][:, slot]]  # per sub-policy
             else:
                 names = list(OPS[: self.strata])
-            families = list(dict.fromkeys(FAMILY[name] for name in names))  # distinct, in order of first use
-            strata = [[j for j, name in enumerate(names) if FAMILY[name] == family] for family in families]
-            ranges = [torch.arange(j * group, (j + 1) * group, device=device) for js in strata for j in js]
-            stops = [group * n for n in itertools.accumulate(len(js) for js in strata)]
-            groups = [(family, stop - group * len(js), stop) for family, js, stop in zip(families, strata, stops)]
+            ranges, groups, start = [], [], 0
+            for family in dict.fromkeys(FAMILY[name] for name in names):  # distinct, in order of first use
+                strata = sorted((j for j, name in enumerate(names) if FAMILY[name] == family),
+                                key=lambda j: OP_ID[names[j]])  # strata of one op next to each other
+                ranges += [torch.arange(j * group, (j + 1) * group, device=device) for j in strata]
+                runs = [(name, group * len(list(js))) for name, js in itertools.groupby(strata, lambda j: names[j])]
+                ends = list(itertools.accumulate(size for _, size in runs))
+                segments = tuple((name, end - size, end) for (name, size), end in zip(runs, ends))
+                groups.append((family, start, start + ends[-1], segments))
+                start += ends[-1]
             self._layouts[key] = (torch.cat(ranges), groups)
         return self._layouts[key]
 

@@ -25,6 +25,7 @@ nothing here resizes.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 # torchvision's op names, in the order of RandAugment's augmentation space (+ Invert, used by AutoAugment).
@@ -40,6 +41,7 @@ GRAY = (0.2989, 0.587, 0.114)  # torchvision's luma weights (rgb_to_grayscale)
 
 _SCRATCH: dict[tuple, Tensor] = {}
 _ONES: dict[tuple, Tensor] = {}  # read-only sources of ones for the histograms
+_VALUES: dict[torch.device, Tensor] = {}  # read-only 0..255 per device (`_values`)
 
 
 def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -101,7 +103,7 @@ def inverse_affine(op: Tensor, magnitude: Tensor, height: int, width: int) -> Te
     return torch.stack([m0, m1, m2, m3, m4, m5], dim=1)
 
 
-def source_pixels(matrix: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+def source_pixels(matrix: Tensor, height: int, width: int) -> Tensor:
     """Where each output pixel reads from, as torchvision's affine (NEAREST) + grid_sample decide it.
 
     torchvision maps output pixel centres (relative to the image centre) through the float32 matrix and
@@ -109,12 +111,15 @@ def source_pixels(matrix: Tensor, height: int, width: int) -> tuple[Tensor, Tens
     and rounds half to even. The same float32 steps here, one [B, H, W] plane per coordinate instead of a
     [B, H*W, 3] x [B, 3, 2] bmm (which spent most of its time on the tiny matrices).
 
+    grid_sample reads zeros outside the image. Clamping each coordinate to [-1, side] keeps every such read
+    on a one-pixel zero border around the image, so the caller gathers from the image padded by one pixel
+    and needs no validity mask (two float compares and a multiply fewer per pixel).
+
     Args:
         matrix: float64 [B, 6] (see `inverse_affine`).
 
     Returns:
-        (flat source index int64 [B, H*W], clamped into the image; inside bool [B, H*W]: False where
-        grid_sample reads its zero padding).
+        flat source index int64 [B, H*W] into the image zero-padded by one pixel, (H + 2) x (W + 2).
     """
     dev = matrix.device
     theta = matrix.float()[:, :, None, None]  # [B, 6, 1, 1]
@@ -124,12 +129,10 @@ def source_pixels(matrix: Tensor, height: int, width: int) -> tuple[Tensor, Tens
     # the same float32 operations in the same order, in place where the operand is a fresh [B, H, W] tensor
     gx = torch.add(xs * (theta[:, 0] / half_w), ys * (theta[:, 1] / half_w)).add_(theta[:, 2] / half_w)  # [B, H, W]
     gy = torch.add(xs * (theta[:, 3] / half_h), ys * (theta[:, 4] / half_h)).add_(theta[:, 5] / half_h)
-    ix = gx.add_(1).mul_(width / 2).sub_(0.5).round_()
-    iy = gy.add_(1).mul_(height / 2).sub_(0.5).round_()
-    ix_in, iy_in = ix.clamp(0, width - 1), iy.clamp(0, height - 1)
-    inside = (ix_in == ix) & (iy_in == iy)  # integers: -1 < ix < width  <=>  clamping leaves ix unchanged
-    index = iy_in.mul_(width).add_(ix_in).long()
-    return index.view(-1, height * width), inside.view(-1, height * width)
+    ix = gx.add_(1).mul_(width / 2).sub_(0.5).round_().clamp_(-1, width).add_(1)  # column in the padded image
+    iy = gy.add_(1).mul_(height / 2).sub_(0.5).round_().clamp_(-1, height).add_(1)
+    index = iy.mul_(width + 2).add_(ix)  # integers below 2^24: exact in float32
+    return index.int().long().view(-1, height * width)  # via int32: twice as fast as float32 -> int64 on CPU
 
 
 def warp_nearest(x: Tensor, matrix: Tensor) -> Tensor:
@@ -142,22 +145,25 @@ def warp_nearest(x: Tensor, matrix: Tensor) -> Tensor:
         uint8 [B, C, H, W] NCHW: exactly torchvision's affine/rotate (NEAREST, fill=None) per image.
     """
     B, C, H, W = x.shape
-    index, inside = source_pixels(matrix, H, W)  # [B, H*W]
-    out = torch.gather(x.reshape(B, C, H * W), 2, index[:, None].expand(B, C, H * W))
-    return out.mul_(inside[:, None].to(torch.uint8)).view(B, C, H, W)
+    index = source_pixels(matrix, H, W)  # [B, H*W] into the padded image
+    padded = F.pad(x, (1, 1, 1, 1)).view(B, C, (H + 2) * (W + 2))  # the zero border outside reads land on
+    return torch.gather(padded, 2, index[:, None].expand(B, C, H * W)).view(B, C, H, W)
 
 
 # ---------------------------------------------------------------------------- pointwise: per-image tables
 
 
-def histograms(x: Tensor) -> Tensor:
-    """Per image and channel histogram of uint8 [B, C, H, W]: int32 [B*C, 256] (scatter_add_, no host sync)."""
+def histograms(x: Tensor, index: Tensor | None = None) -> Tensor:
+    """Per image and channel histogram of uint8 [B, C, H, W]: int32 [B*C, 256] (scatter_add_, no host sync).
+
+    `index`: x's `_pixel_index` when the caller has it already (it then looks the same pixels up).
+    """
     B, C, H, W = x.shape
     hist = torch.zeros(B * C, 256, dtype=torch.int32, device=x.device)
     ones = _ONES.get((B * C, H * W, x.device))
     if ones is None:  # contiguous, made once: scatter_add_ runs 2x faster from it than from an expand on CPU
         ones = _ONES[(B * C, H * W, x.device)] = torch.ones(B * C, H * W, dtype=torch.int32, device=x.device)
-    return hist.scatter_add_(1, _pixel_index(x), ones)
+    return hist.scatter_add_(1, _pixel_index(x) if index is None else index, ones)
 
 
 def equalize_lut(hist: Tensor) -> Tensor:
@@ -293,7 +299,7 @@ def blur_3x3(xf: Tensor) -> Tensor:
     return out.mul_(interior)
 
 
-def blend(xf: Tensor, op: Tensor, magnitude: Tensor, gray: Tensor) -> Tensor:
+def blend(xf: Tensor, op: Tensor, magnitude: Tensor, degenerate: Tensor) -> Tensor:
     """adjust_saturation (Color) and adjust_sharpness (Sharpness) per image; other images pass unchanged.
 
     torchvision computes Color as x * f + (1 - f) * gray and Sharpness as x + (1 - f) * (blur - x), both
@@ -304,7 +310,8 @@ def blend(xf: Tensor, op: Tensor, magnitude: Tensor, gray: Tensor) -> Tensor:
 
     Args:
         xf: float32 [B, 3, H, W] holding uint8 values. op: int64 [B]. magnitude: float64 [B].
-        gray: float32 [B, 1, H, W] (`gray_floor`).
+        degenerate: D per image, float32 [B, 3 or 1, H, W]: `gray_floor(xf)` for Color images, `blur_3x3(xf)`
+            for Sharpness images (`degenerate_image` picks per image); any values for other images.
 
     Returns:
         float32 [B, 3, H, W] (a scratch buffer: use before the next call), clamped to [0, 255], not yet
@@ -314,10 +321,17 @@ def blend(xf: Tensor, op: Tensor, magnitude: Tensor, gray: Tensor) -> Tensor:
     m = magnitude[:, None, None, None]
     p = torch.where(is_color, (1.0 + m).float(), 1.0)  # [B, 1, 1, 1] float32: torchvision's float32(1 + magnitude)
     alpha = torch.where(_is(op, *BLENDS)[:, None, None, None], (-m).float(), 0.0)  # float32(1 - f) = -magnitude
-    # D: blur - x, or gray for Color images (lerp with weight exactly 0 or 1 selects a side exactly)
-    degenerate = blur_3x3(xf).lerp_(gray.expand_as(xf), is_color.float())
     out = torch.mul(xf, p, out=scratch("blend", tuple(xf.shape), xf.dtype, xf.device))
     return out.addcmul_(degenerate, alpha).clamp_(0, 255)
+
+
+def degenerate_image(xf: Tensor, op: Tensor, gray: Tensor) -> Tensor:
+    """`blend`'s D for a batch mixing both ops: gray for Color images, blur - x for the others, float32 [B, 3, H, W].
+
+    (lerp with weight exactly 0 or 1 selects a side exactly.)
+    """
+    is_color = (op == OP_ID["Color"]).float()[:, None, None, None]
+    return blur_3x3(xf).lerp_(gray.expand_as(xf), is_color)
 
 
 # ---------------------------------------------------------------------------- one slot
@@ -340,7 +354,7 @@ def apply_op(x: Tensor, op: Tensor, magnitude: Tensor) -> Tensor:
     # 2. blends; every other image comes out exactly as it went in (weight 0, then truncation of an integer)
     xf = scratch("xf", (B, C, H, W), torch.float32, x.device).copy_(x)
     gray = gray_floor(xf)  # [B, 1, H, W]
-    y = blend(xf, op, magnitude, gray).to(torch.uint8)  # truncation, like torchvision's .to(uint8)
+    y = blend(xf, op, magnitude, degenerate_image(xf, op, gray)).to(torch.uint8)  # truncation, as torchvision
     # 3. tables, from the statistics of x (equal to y for every image with a table op), applied to y
     gray_mean = gray.sum(dim=(1, 2, 3)) / (H * W)  # integers below 2^24: the sum is exact in any order
     lut = pointwise_lut(op, magnitude, histograms(x), gray_mean, C)
@@ -356,13 +370,18 @@ FAMILIES = (("Identity",), GEOMETRIC, BLENDS, ("AutoContrast", "Equalize"), ("Co
 FAMILY = {name: family for family in FAMILIES for name in family}
 
 
-def apply_family(x: Tensor, family: tuple[str, ...], op: Tensor, magnitude: Tensor) -> Tensor:
+def apply_family(x: Tensor, family: tuple[str, ...], op: Tensor, magnitude: Tensor,
+                 segments: tuple[tuple[str, int, int], ...]) -> Tensor:
     """Image b gets OPS[op[b]], every op one of `family` (one of FAMILIES) or Identity, running only that
-    family's kernels; the values are `apply_op`'s for the same op and magnitude (the same functions).
+    family's kernels, and each op's tables only on its own rows; the values are `apply_op`'s for the same op
+    and magnitude (the same functions).
 
     Args:
         x: uint8 [B, 3, H, W] contiguous NCHW. family: one of FAMILIES. op: int64 [B].
         magnitude: float64 [B], torchvision's units.
+        segments: ((name, start, stop), ...) covering rows 0..B-1 in order: every image of rows start..stop-1
+            runs `name` or Identity (a padding row, an AutoAugment op whose coin failed). The policies know
+            them without looking at a drawn value (policy.Policy._groups): a stratum's rows are fixed.
 
     Returns:
         uint8 [B, 3, H, W] NCHW (x itself for the Identity family).
@@ -370,20 +389,32 @@ def apply_family(x: Tensor, family: tuple[str, ...], op: Tensor, magnitude: Tens
     B, C, H, W = x.shape
     if family == ("Identity",):
         return x
-    if family == GEOMETRIC:
+    if family == GEOMETRIC:  # the five share one gather; only their matrices differ
         return warp_nearest(x, inverse_affine(op, magnitude, H, W))
-    if family == BLENDS:
-        xf = x.float()
-        return blend(xf, op, magnitude, gray_floor(xf)).to(torch.uint8)
+    if family == BLENDS:  # Color needs the luma only, Sharpness the blur only
+        parts = []
+        for name, a, b in segments:
+            xf = x[a:b].float()
+            degenerate = gray_floor(xf) if name == "Color" else blur_3x3(xf)
+            parts.append(blend(xf, op[a:b], magnitude[a:b], degenerate).to(torch.uint8))
+        return torch.cat(parts)
+    identity = op[:, None] == OP_ID["Identity"]  # [B, 1]
     if family == ("AutoContrast", "Equalize"):
-        hist = histograms(x)
-        per_channel = op.repeat_interleave(C)[:, None]  # [B*C, 1]
-        table = torch.arange(256, device=x.device, dtype=torch.float32).expand(B * C, 256)
-        table = torch.where(per_channel == OP_ID["AutoContrast"], autocontrast_lut(hist), table)
-        table = torch.where(per_channel == OP_ID["Equalize"], equalize_lut(hist), table)
-        return apply_lut(x, table.to(torch.uint8))
+        index = _pixel_index(x)  # the histograms and the lookup read the same pixels
+        hist = histograms(x, index)
+        lut = {"AutoContrast": autocontrast_lut, "Equalize": equalize_lut}
+        table = torch.cat([lut[name](hist[a * C:b * C]) for name, a, b in segments])  # [B*C, 256]
+        table = torch.where(identity.repeat_interleave(C, dim=0), _values(x.device), table).to(torch.uint8)
+        return torch.gather(table, 1, index).view(x.shape)
     gray_mean = gray_floor(x.float()).sum(dim=(1, 2, 3)) / (H * W) if "Contrast" in family else None
-    table = value_table("Identity", magnitude)
-    for name in family:
-        table = torch.where(op[:, None] == OP_ID[name], value_table(name, magnitude, gray_mean), table)
+    table = torch.cat([value_table(name, magnitude[a:b], None if gray_mean is None else gray_mean[a:b])
+                       for name, a, b in segments])
+    table = torch.where(identity, _values(x.device), table)
     return apply_lut(x, table.clamp(0, 255).to(torch.uint8))  # [B, 256]: one table per image
+
+
+def _values(device: torch.device) -> Tensor:
+    """float32 [256]: 0..255, the identity table (made once per device, read only)."""
+    if device not in _VALUES:
+        _VALUES[device] = torch.arange(256, device=device, dtype=torch.float32)
+    return _VALUES[device]
