@@ -13,7 +13,7 @@ Each image is therefore marginally uniform over the K, exactly as torchvision dr
 and sign are its own; only the joint counts are fixed instead of binomial: every op owns exactly G
 positions of each batch (G images when K divides B, else G less the padding that lands in its share).
 That makes each op's share of the batch a static shape: `apply` gathers the images of each family of ops
-(`policy_ops.FAMILIES`: geometric, blends, histogram tables, value tables) and runs only that family's
+(`policy_ops.FAMILIES`: geometric, blends, tables) and runs only that family's
 kernels on them, instead of every pass over the whole batch (`policy_ops.apply_op`, still used without
 an order, e.g. for a hand-made `ops`). AutoAugment's per-op probability stays an independent coin per
 image (a failed coin is Identity, which every family passes through unchanged).
@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
-from fastcifar.policy_ops import FAMILY, OP_ID, OPS, apply_family, apply_op, scratch
+from fastcifar.policy_ops import FAMILY, OP_ID, OPS, apply_family, apply_op
 
 POLICIES = ("none", "randaugment", "trivialaugment", "autoaugment")
 RANDAUGMENT_BINS = 31  # torchvision's num_magnitude_bins default, for RandAugment and TrivialAugmentWide
@@ -177,18 +177,16 @@ class Policy:
                 x = apply_op(x, ops[slot], magnitudes[slot])
             return x
         B, P = x.shape[0], order.shape[1]
-        # NCHW with P - B zero images of padding (never read back); a reused buffer, as a fresh one is
-        # page-faulted in on every CPU call, and it is only read (copied from) below
-        xp = scratch("padded", (P, *x.shape[1:]), x.dtype, x.device)
-        xp[:B].copy_(x)  # any memory format in
-        xp[B:].zero_()
+        xp = x.contiguous()  # NCHW (crop/flip gives it already)
         ops = torch.cat([ops, ops.new_full((ops.shape[0], P - B), OP_ID["Identity"])], dim=1)
         magnitudes = torch.cat([magnitudes.double(), magnitudes.new_zeros(ops.shape[0], P - B).double()], dim=1)
         where = None  # row of each image in the previous slot's output y (None: xp, in image order)
         for slot in range(ops.shape[0]):
             positions, groups = self._groups(slot, P // self.strata, x.device)
             index = order[slot][positions]  # [P] the images, grouped by family
-            rows = index if where is None else where[index]  # ... and where to read them
+            # ... and where to read them; the P - B padding positions (images >= B) read image B - 1: they run
+            # Identity and their rows are never read back
+            rows = index.clamp(max=B - 1) if where is None else where[index]
             xs, op, magnitude = xp.index_select(0, rows), ops[slot][index], magnitudes[slot][index]
             y = torch.cat([apply_family(xs[a:b], family, op[a:b], magnitude[a:b], segments)
                            for family, a, b, segments in groups])

@@ -18,8 +18,8 @@ batched kernels whatever the draw; to keep it cheap the 15 ops share three passe
 Every pass is the identity for images whose op belongs to another pass (identity matrix, blend weight 0,
 identity table), so no per-image selection is needed. `apply_family` runs one of these passes alone (or
 none, for Identity) on images whose ops all belong to it: the policies group each batch that way
-(policy.py), so every image pays for its own pass only. Images are uint8 NCHW at the stored 32 px;
-nothing here resizes.
+(policy.py), so every image pays for its own pass only, and within a pass each op's table or degenerate
+image is computed on its own rows only. Images are uint8 NCHW at the stored 32 px; nothing here resizes.
 """
 
 from __future__ import annotations
@@ -362,11 +362,10 @@ def apply_op(x: Tensor, op: Tensor, magnitude: Tensor) -> Tensor:
 
 
 
-# the ops that share one batched pass, by what they compute: any mix of one family's ops (and Identity) runs as
-# one call of `apply_family`; Identity alone costs nothing
-# (Contrast apart: it alone needs the float luma of its images)
-FAMILIES = (("Identity",), GEOMETRIC, BLENDS, ("AutoContrast", "Equalize"), ("Contrast",),
-            ("Brightness", "Posterize", "Solarize", "Invert"))
+# the ops that share one batched pass, by what they compute (the three passes of the module docstring): any mix
+# of one family's ops (and Identity) runs as one call of `apply_family`; Identity alone costs nothing
+TABLES = ("Brightness", "Posterize", "Solarize", "Invert", "Contrast", "AutoContrast", "Equalize")
+FAMILIES = (("Identity",), GEOMETRIC, BLENDS, TABLES)
 FAMILY = {name: family for family in FAMILIES for name in family}
 
 
@@ -398,19 +397,21 @@ def apply_family(x: Tensor, family: tuple[str, ...], op: Tensor, magnitude: Tens
             degenerate = gray_floor(xf) if name == "Color" else blur_3x3(xf)
             parts.append(blend(xf, op[a:b], magnitude[a:b], degenerate).to(torch.uint8))
         return torch.cat(parts)
-    identity = op[:, None] == OP_ID["Identity"]  # [B, 1]
-    if family == ("AutoContrast", "Equalize"):
-        index = _pixel_index(x)  # the histograms and the lookup read the same pixels
-        hist = histograms(x, index)
-        lut = {"AutoContrast": autocontrast_lut, "Equalize": equalize_lut}
-        table = torch.cat([lut[name](hist[a * C:b * C]) for name, a, b in segments])  # [B*C, 256]
-        table = torch.where(identity.repeat_interleave(C, dim=0), _values(x.device), table).to(torch.uint8)
-        return torch.gather(table, 1, index).view(x.shape)
-    gray_mean = gray_floor(x.float()).sum(dim=(1, 2, 3)) / (H * W) if "Contrast" in family else None
-    table = torch.cat([value_table(name, magnitude[a:b], None if gray_mean is None else gray_mean[a:b])
-                       for name, a, b in segments])
-    table = torch.where(identity, _values(x.device), table)
-    return apply_lut(x, table.clamp(0, 255).to(torch.uint8))  # [B, 256]: one table per image
+    # TABLES: each op's table on its own rows (AutoContrast and Equalize per channel, from the histograms;
+    # Contrast from the mean luma), one lookup for them all
+    index = _pixel_index(x)  # [B*C, H*W]: the histograms and the lookup read the same pixels
+    tables = []
+    for name, a, b in segments:
+        if name in ("AutoContrast", "Equalize"):
+            hist = histograms(x[a:b], index[a * C:b * C])
+            tables.append((autocontrast_lut if name == "AutoContrast" else equalize_lut)(hist))  # [n*C, 256]
+        else:
+            gray_mean = gray_floor(x[a:b].float()).sum(dim=(1, 2, 3)) / (H * W) if name == "Contrast" else None
+            table = value_table(name, magnitude[a:b], gray_mean).clamp(0, 255)  # [n, 256]
+            tables.append(table.repeat_interleave(C, dim=0))
+    identity = (op == OP_ID["Identity"]).repeat_interleave(C)[:, None]  # [B*C, 1]
+    table = torch.where(identity, _values(x.device), torch.cat(tables)).to(torch.uint8)  # truncation, as torchvision
+    return torch.gather(table, 1, index).view(x.shape)
 
 
 def _values(device: torch.device) -> Tensor:
