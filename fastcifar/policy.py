@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
-from fastcifar.policy_ops import FAMILY, OP_ID, OPS, apply_family, apply_op
+from fastcifar.policy_ops import FAMILY, OP_ID, OPS, apply_family, apply_op, grid_coefficients
 
 POLICIES = ("none", "randaugment", "trivialaugment", "autoaugment")
 RANDAUGMENT_BINS = 31  # torchvision's num_magnitude_bins default, for RandAugment and TrivialAugmentWide
@@ -180,6 +180,7 @@ class Policy:
         xp = x.contiguous()  # NCHW (crop/flip gives it already)
         ops = torch.cat([ops, ops.new_full((ops.shape[0], P - B), OP_ID["Identity"])], dim=1)
         magnitudes = torch.cat([magnitudes.double(), magnitudes.new_zeros(ops.shape[0], P - B).double()], dim=1)
+        geometry = grid_coefficients(ops.flatten(), magnitudes.flatten(), *x.shape[-2:]).view(*ops.shape, 6)
         where = None  # row of each image in the previous slot's output y (None: xp, in image order)
         for slot in range(ops.shape[0]):
             positions, groups = self._groups(slot, P // self.strata, x.device)
@@ -188,7 +189,8 @@ class Policy:
             # Identity and their rows are never read back
             rows = index.clamp(max=B - 1) if where is None else where[index]
             xs, op, magnitude = xp.index_select(0, rows), ops[slot][index], magnitudes[slot][index]
-            y = torch.cat([apply_family(xs[a:b], family, op[a:b], magnitude[a:b], segments)
+            coefficients = geometry[slot][index]
+            y = torch.cat([apply_family(xs[a:b], family, op[a:b], magnitude[a:b], segments, coefficients[a:b])
                            for family, a, b, segments in groups])
             # image i is row where[i] of y (an index_select is far cheaper than an index_copy_ back)
             where = torch.empty_like(index).scatter_(0, index, torch.arange(P, device=x.device))
@@ -217,7 +219,7 @@ class Policy:
             ranges, groups, start = [], [], 0
             for family in dict.fromkeys(FAMILY[name] for name in names):  # distinct, in order of first use
                 strata = sorted((j for j, name in enumerate(names) if FAMILY[name] == family),
-                                key=lambda j: OP_ID[names[j]])  # strata of one op next to each other
+                                key=lambda j: family.index(names[j]))  # one op's strata together, in family order
                 ranges += [torch.arange(j * group, (j + 1) * group, device=device) for j in strata]
                 runs = [(name, group * len(list(js))) for name, js in itertools.groupby(strata, lambda j: names[j])]
                 ends = list(itertools.accumulate(size for _, size in runs))

@@ -42,6 +42,7 @@ GRAY = (0.2989, 0.587, 0.114)  # torchvision's luma weights (rgb_to_grayscale)
 _SCRATCH: dict[tuple, Tensor] = {}
 _ONES: dict[tuple, Tensor] = {}  # read-only sources of ones for the histograms
 _VALUES: dict[torch.device, Tensor] = {}  # read-only 0..255 per device (`_values`)
+_CONSTANTS: dict[tuple, tuple[Tensor, ...]] = {}  # read-only grids per device and size (`_centres`)
 
 
 def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -103,12 +104,25 @@ def inverse_affine(op: Tensor, magnitude: Tensor, height: int, width: int) -> Te
     return torch.stack([m0, m1, m2, m3, m4, m5], dim=1)
 
 
-def source_pixels(matrix: Tensor, height: int, width: int) -> Tensor:
+def grid_coefficients(op: Tensor, magnitude: Tensor, height: int, width: int) -> Tensor:
+    """The per-image numbers the pixel grid is mapped with: float32 [B, 6], `inverse_affine` rounded to float32
+    and divided by half the side, as torchvision's `_affine_grid` does (theta / [W/2, W/2, W/2, H/2, H/2, H/2]).
+
+    A function of the draw alone (tiny [B] tensors): a policy computes it once for all its slots.
+    """
+    theta = inverse_affine(op, magnitude, height, width).float()
+    key = ("half sides", theta.device, height, width)
+    if key not in _CONSTANTS:  # made once per device: no host-to-device copy in the step
+        _CONSTANTS[key] = (torch.tensor([0.5 * width] * 3 + [0.5 * height] * 3).to(theta.device),)
+    return theta / _CONSTANTS[key][0]  # float32 / float32, as torchvision's div_ by a float32 tensor
+
+
+def source_pixels(coefficients: Tensor, height: int, width: int) -> Tensor:
     """Where each output pixel reads from, as torchvision's affine (NEAREST) + grid_sample decide it.
 
-    torchvision maps output pixel centres (relative to the image centre) through the float32 matrix and
-    divides by half the side (`_affine_grid`); CPU grid_sample then unnormalizes with (g + 1) * size / 2 - 0.5
-    and rounds half to even. The same float32 steps here, one [B, H, W] plane per coordinate instead of a
+    torchvision maps output pixel centres (relative to the image centre) through the float32 matrix divided by
+    half the side (`_affine_grid`); CPU grid_sample then unnormalizes with (g + 1) * size / 2 - 0.5 and rounds
+    half to even. The same float32 steps here, one [B, H, W] plane per coordinate instead of a
     [B, H*W, 3] x [B, 3, 2] bmm (which spent most of its time on the tiny matrices).
 
     grid_sample reads zeros outside the image. Clamping each coordinate to [-1, side] keeps every such read
@@ -116,36 +130,43 @@ def source_pixels(matrix: Tensor, height: int, width: int) -> Tensor:
     and needs no validity mask (two float compares and a multiply fewer per pixel).
 
     Args:
-        matrix: float64 [B, 6] (see `inverse_affine`).
+        coefficients: float32 [B, 6] (see `grid_coefficients`).
 
     Returns:
         flat source index int64 [B, H*W] into the image zero-padded by one pixel, (H + 2) x (W + 2).
     """
-    dev = matrix.device
-    theta = matrix.float()[:, :, None, None]  # [B, 6, 1, 1]
-    xs = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, steps=width, device=dev)[None, None, :]
-    ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, steps=height, device=dev)[None, :, None]
-    half_w, half_h = 0.5 * width, 0.5 * height  # applied as float32, as torchvision's div_ by a float32 tensor
+    c = coefficients[:, :, None, None]  # [B, 6, 1, 1]
+    xs, ys = _centres(coefficients.device, height, width)
     # the same float32 operations in the same order, in place where the operand is a fresh [B, H, W] tensor
-    gx = torch.add(xs * (theta[:, 0] / half_w), ys * (theta[:, 1] / half_w)).add_(theta[:, 2] / half_w)  # [B, H, W]
-    gy = torch.add(xs * (theta[:, 3] / half_h), ys * (theta[:, 4] / half_h)).add_(theta[:, 5] / half_h)
+    gx = torch.add(xs * c[:, 0], ys * c[:, 1]).add_(c[:, 2])  # [B, H, W]
+    gy = torch.add(xs * c[:, 3], ys * c[:, 4]).add_(c[:, 5])
     ix = gx.add_(1).mul_(width / 2).sub_(0.5).round_().clamp_(-1, width).add_(1)  # column in the padded image
     iy = gy.add_(1).mul_(height / 2).sub_(0.5).round_().clamp_(-1, height).add_(1)
     index = iy.mul_(width + 2).add_(ix)  # integers below 2^24: exact in float32
     return index.int().long().view(-1, height * width)  # via int32: twice as fast as float32 -> int64 on CPU
 
 
-def warp_nearest(x: Tensor, matrix: Tensor) -> Tensor:
-    """Warp each image by its inverse affine matrix, nearest neighbour, zeros outside: uint8 in, uint8 out.
+def _centres(device: torch.device, height: int, width: int) -> tuple[Tensor, Tensor]:
+    """Pixel centres relative to the image centre: float32 [1, 1, W] (x) and [1, H, 1] (y), made once."""
+    key = ("centres", device, height, width)
+    if key not in _CONSTANTS:
+        xs = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, steps=width, device=device)[None, None, :]
+        ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, steps=height, device=device)[None, :, None]
+        _CONSTANTS[key] = (xs, ys)
+    return _CONSTANTS[key]
+
+
+def warp_nearest(x: Tensor, coefficients: Tensor) -> Tensor:
+    """Warp each image by its inverse affine map, nearest neighbour, zeros outside: uint8 in, uint8 out.
 
     Args:
-        x: uint8 [B, C, H, W] NCHW. matrix: float64 [B, 6] (see `inverse_affine`).
+        x: uint8 [B, C, H, W] NCHW. coefficients: float32 [B, 6] (see `grid_coefficients`).
 
     Returns:
         uint8 [B, C, H, W] NCHW: exactly torchvision's affine/rotate (NEAREST, fill=None) per image.
     """
     B, C, H, W = x.shape
-    index = source_pixels(matrix, H, W)  # [B, H*W] into the padded image
+    index = source_pixels(coefficients, H, W)  # [B, H*W] into the padded image
     padded = F.pad(x, (1, 1, 1, 1)).view(B, C, (H + 2) * (W + 2))  # the zero border outside reads land on
     return torch.gather(padded, 2, index[:, None].expand(B, C, H * W)).view(B, C, H, W)
 
@@ -181,13 +202,13 @@ def equalize_lut(hist: Tensor) -> Tensor:
     step = torch.floor((n - h.gather(1, last)) / 255)  # [R, 1]
     lut = torch.floor((cum[:, :-1] + torch.floor(step / 2)) / step.clamp(min=1)).clamp_(0, 255)
     lut = torch.cat([torch.zeros_like(lut[:, :1]), lut], dim=1).float()
-    return torch.where(step != 0, lut, torch.arange(256, device=hist.device, dtype=torch.float32))
+    return torch.where(step != 0, lut, _values(hist.device))
 
 
 def autocontrast_lut(hist: Tensor) -> Tensor:
     """torchvision's autocontrast per row: (v - min) / ((max - min) / 255), truncated. int32 [R, 256] -> float32."""
     seen = hist > 0
-    values = torch.arange(256, device=hist.device, dtype=torch.float32)
+    values = _values(hist.device)
     low = torch.where(seen, values, 255.0).amin(dim=1, keepdim=True)  # [R, 1] darkest value present
     high = torch.where(seen, values, 0.0).amax(dim=1, keepdim=True)
     flat = high == low
@@ -210,7 +231,7 @@ def value_table(name: str, magnitude: Tensor, gray_mean: Tensor | None = None) -
         name: one of VALUE_TABLES. magnitude: float64 [B] (signed, torchvision's units).
         gray_mean: float32 [B] mean of the floored luma (Contrast only).
     """
-    v = torch.arange(256, device=magnitude.device, dtype=torch.float32)[None]  # [1, 256]
+    v = _values(magnitude.device)[None]  # [1, 256]
     m = magnitude[:, None]  # [B, 1] float64
     if name == "Identity":
         return v.expand(m.shape[0], 256)
@@ -350,7 +371,7 @@ def apply_op(x: Tensor, op: Tensor, magnitude: Tensor) -> Tensor:
     B, C, H, W = x.shape
     magnitude = magnitude.double()
     # 1. geometry; other images get the identity matrix, whose nearest source pixel is the pixel itself
-    x = warp_nearest(x.contiguous(), inverse_affine(op, magnitude, H, W))
+    x = warp_nearest(x.contiguous(), grid_coefficients(op, magnitude, H, W))
     # 2. blends; every other image comes out exactly as it went in (weight 0, then truncation of an integer)
     xf = scratch("xf", (B, C, H, W), torch.float32, x.device).copy_(x)
     gray = gray_floor(xf)  # [B, 1, H, W]
@@ -370,7 +391,7 @@ FAMILY = {name: family for family in FAMILIES for name in family}
 
 
 def apply_family(x: Tensor, family: tuple[str, ...], op: Tensor, magnitude: Tensor,
-                 segments: tuple[tuple[str, int, int], ...]) -> Tensor:
+                 segments: tuple[tuple[str, int, int], ...], coefficients: Tensor | None = None) -> Tensor:
     """Image b gets OPS[op[b]], every op one of `family` (one of FAMILIES) or Identity, running only that
     family's kernels, and each op's tables only on its own rows; the values are `apply_op`'s for the same op
     and magnitude (the same functions).
@@ -381,6 +402,8 @@ def apply_family(x: Tensor, family: tuple[str, ...], op: Tensor, magnitude: Tens
         segments: ((name, start, stop), ...) covering rows 0..B-1 in order: every image of rows start..stop-1
             runs `name` or Identity (a padding row, an AutoAugment op whose coin failed). The policies know
             them without looking at a drawn value (policy.Policy._groups): a stratum's rows are fixed.
+        coefficients: GEOMETRIC only, `grid_coefficients(op, magnitude, H, W)` if the caller has it (a policy
+            computes it for all slots at once); None = computed here.
 
     Returns:
         uint8 [B, 3, H, W] NCHW (x itself for the Identity family).
@@ -389,7 +412,7 @@ def apply_family(x: Tensor, family: tuple[str, ...], op: Tensor, magnitude: Tens
     if family == ("Identity",):
         return x
     if family == GEOMETRIC:  # the five share one gather; only their matrices differ
-        return warp_nearest(x, inverse_affine(op, magnitude, H, W))
+        return warp_nearest(x, grid_coefficients(op, magnitude, H, W) if coefficients is None else coefficients)
     if family == BLENDS:  # Color needs the luma only, Sharpness the blur only
         parts = []
         for name, a, b in segments:
@@ -398,19 +421,20 @@ def apply_family(x: Tensor, family: tuple[str, ...], op: Tensor, magnitude: Tens
             parts.append(blend(xf, op[a:b], magnitude[a:b], degenerate).to(torch.uint8))
         return torch.cat(parts)
     # TABLES: each op's table on its own rows (AutoContrast and Equalize per channel, from the histograms;
-    # Contrast from the mean luma), one lookup for them all
+    # Contrast from the mean luma), one lookup for them all. Segments come in TABLES order: value tables first.
     index = _pixel_index(x)  # [B*C, H*W]: the histograms and the lookup read the same pixels
-    tables = []
+    values, per_channel = [], []
     for name, a, b in segments:
         if name in ("AutoContrast", "Equalize"):
             hist = histograms(x[a:b], index[a * C:b * C])
-            tables.append((autocontrast_lut if name == "AutoContrast" else equalize_lut)(hist))  # [n*C, 256]
+            per_channel.append((autocontrast_lut if name == "AutoContrast" else equalize_lut)(hist))  # [n*C, 256]
         else:
             gray_mean = gray_floor(x[a:b].float()).sum(dim=(1, 2, 3)) / (H * W) if name == "Contrast" else None
-            table = value_table(name, magnitude[a:b], gray_mean).clamp(0, 255)  # [n, 256]
-            tables.append(table.repeat_interleave(C, dim=0))
+            values.append(value_table(name, magnitude[a:b], gray_mean))  # [n, 256], one row per image
+    if values:
+        per_channel.insert(0, torch.cat(values).clamp_(0, 255).repeat_interleave(C, dim=0))
     identity = (op == OP_ID["Identity"]).repeat_interleave(C)[:, None]  # [B*C, 1]
-    table = torch.where(identity, _values(x.device), torch.cat(tables)).to(torch.uint8)  # truncation, as torchvision
+    table = torch.where(identity, _values(x.device), torch.cat(per_channel)).to(torch.uint8)  # truncates
     return torch.gather(table, 1, index).view(x.shape)
 
 
