@@ -45,6 +45,9 @@ def aggregate(results: list[dict]) -> dict:
         row["img_s_median"] = _spread(medians) if medians else None
         ratios = [r["vs_torch"] for r in repeats if "vs_torch" in r]
         row["vs_torch"] = _spread(ratios) if ratios else None
+        # overall / window median per repeat: what stalls (epoch boundaries included) cost against the steady state
+        stalls = [r["img_s"] / r["img_s_median"] for r in repeats if r.get("img_s_median")]
+        row["overall_vs_median"] = _spread(stalls) if stalls else None
         row["epoch_boundaries"] = [r.get("epoch_boundaries") for r in repeats]
         row["noisy"] = (row["img_s"]["max"] - row["img_s"]["min"]) > REPEAT_SPREAD_NOTE * row["img_s"]["median"]
         rows.append(row)
@@ -80,12 +83,16 @@ def to_markdown(agg: dict) -> str:
              f"{', SYNTHETIC stand-in' if agg['data']['synthetic'] else ''}",
              "- img/s overall: median of the repeats (min–max over repeats); each repeat's figure is all timed "
              "images / all timed time, epoch boundaries included. vs torch: per repeat, then the median (range).",
+             "- overall / median: each repeat's overall img/s over its window median (1.0 = no stall costs anything), "
+             "then the median (range) over repeats.",
              f"- noisy: the repeats' range exceeds {REPEAT_SPREAD_NOTE:.0%} of their median.", "",
-             "| view | loader | px | img/s overall | window median img/s | vs torch | epoch bounds | noisy |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| view | loader | px | img/s overall | window median img/s | overall / median | vs torch | epoch bounds "
+             "| noisy |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(agg["rows"], key=lambda r: (r["view"], r["image_size"], r["loader"] or "")):
         lines.append(f"| {r['view']} | {r['loader'] or '-'} | {r['image_size']} | {_fmt(r['img_s'])} | "
-                     f"{_fmt(r['img_s_median'])} | {_fmt(r['vs_torch'], 1, 'x')} | "
+                     f"{_fmt(r['img_s_median'])} | {_fmt(r.get('overall_vs_median'), 2)} | "
+                     f"{_fmt(r['vs_torch'], 1, 'x')} | "
                      f"{','.join('-' if b is None else str(b) for b in r['epoch_boundaries'])} | "
                      f"{'yes' if r['noisy'] else ''} |")
     lines += ["", "## Machine noise per repeat", "",

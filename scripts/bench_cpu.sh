@@ -11,8 +11,10 @@
 #   config-resnet18_arcface_224  that config's own policy, model and head at its 224 px, SHRUNK for a CPU:
 #                      batch 32, no compile, amp none (the config asks for bf16 + compile and batch 250)
 #   run                one real run: a 2-epoch `fastcifar train` (evaluation + checkpoints) vs the ceiling, 32 px
-#   dali-boundary      DALI loader-only at 32 and 224 px over whole epochs (boundaries included and counted)
-#   randaugment        `--set augment.policy=randaugment`, loader-only gpu vs torch at 32 and 224 px
+#   dali-boundary-rep{1,2,3}, -median3   DALI loader-only at 32 and 224 px over whole epochs (boundaries included
+#                      and counted), three repeats and their median (overall / window median per repeat)
+#   randaugment-rep{1,2,3}, -median3     `--set augment.policy=randaugment`, loader-only gpu vs torch at 32 and
+#                      224 px, three repeats and their median
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="" tiny=0 policy=1
@@ -60,18 +62,27 @@ stamp "real run: 2-epoch fastcifar train, gpu loader, 32 px"
 bench --views run --loaders gpu --image-sizes 32 "${common[@]}" "${model[@]}" "${run_images[@]}" \
   --json "$out/run.json" --markdown "$out/run.md" >/dev/null
 
-stamp "DALI over whole epochs at 32 and $big px"
-bench --views loader --loaders dali --image-sizes "32,$big" --timed-epochs 2 "${common[@]}" \
-  --json "$out/dali-boundary.json" --markdown "$out/dali-boundary.md" >/dev/null
+for rep in 1 2 3; do
+  stamp "DALI over whole epochs at 32 and $big px, repeat $rep"
+  bench --views loader --loaders dali --image-sizes "32,$big" --timed-epochs 2 "${common[@]}" \
+    --json "$out/dali-boundary-rep$rep.json" --markdown "$out/dali-boundary-rep$rep.md" >/dev/null
+done
+"$py" -m fastcifar.bench.aggregate "$out/dali-boundary-median3" "$out"/dali-boundary-rep{1,2,3}.json
 
 if [ "$policy" = 1 ]; then
-  stamp "--set augment.policy=randaugment: loader-only gpu vs torch at 32 and $big px"
-  if ! bench --set augment.policy=randaugment --views loader --loaders gpu,torch --image-sizes "32,$big" "${common[@]}" \
-      --json "$out/randaugment.json" --markdown "$out/randaugment.md" > "$out/randaugment.log" 2>&1; then
-    echo "  the randaugment section did not run (is augment.policy in this tree's config schema?):"
-    tail -3 "$out/randaugment.log" | sed 's/^/    /'
-  fi
+  for rep in 1 2 3; do
+    stamp "--set augment.policy=randaugment: loader-only gpu vs torch at 32 and $big px, repeat $rep"
+    if ! bench --set augment.policy=randaugment --views loader --loaders gpu,torch --image-sizes "32,$big" \
+        "${common[@]}" --json "$out/randaugment-rep$rep.json" --markdown "$out/randaugment-rep$rep.md" \
+        > "$out/randaugment.log" 2>&1; then
+      echo "  the randaugment section did not run (is augment.policy in this tree's config schema?):"
+      tail -3 "$out/randaugment.log" | sed 's/^/    /'
+      break
+    fi
+  done
   rm -f "$out/randaugment.log"
+  [ -f "$out/randaugment-rep3.json" ] &&
+    "$py" -m fastcifar.bench.aggregate "$out/randaugment-median3" "$out"/randaugment-rep{1,2,3}.json
 fi
 stamp "done: $out"
 ls "$out"

@@ -148,8 +148,10 @@ def test_repeats_aggregate_to_the_median_with_their_range_and_the_machine_noise(
     gpu = next(r for r in agg["rows"] if r["loader"] == "gpu")
     assert gpu["img_s"] == {"median": 70000, "min": 60000, "max": 75000, "n": 3}
     assert gpu["img_s_median"]["median"] == pytest.approx(84000)
+    assert gpu["overall_vs_median"]["median"] == pytest.approx(1 / 1.2)  # each repeat's overall over its median
     assert gpu["vs_torch"]["median"] == pytest.approx(14.0)  # per repeat 15.0, 5.36, 14.0 -> median 14.0
     assert gpu["vs_torch"]["min"] == pytest.approx(75000 / 14000) and gpu["noisy"]  # range 15k > 20 % of 70k
     assert [n["busy"] for n in agg["noise"]] == [False, True, False]
     md = to_markdown(agg)
     assert "70,000 (60,000–75,000)" in md and "14.0x (5.4–15.0)" in md and "BUSY" in md and "30 %" in md
+    assert "0.83 (0.83–0.83)" in md
