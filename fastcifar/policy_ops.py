@@ -24,6 +24,8 @@ image is computed on its own rows only. Images are uint8 NCHW at the stored 32 p
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -421,18 +423,20 @@ def apply_family(x: Tensor, family: tuple[str, ...], op: Tensor, magnitude: Tens
             parts.append(blend(xf, op[a:b], magnitude[a:b], degenerate).to(torch.uint8))
         return torch.cat(parts)
     # TABLES: each op's table on its own rows (AutoContrast and Equalize per channel, from the histograms;
-    # Contrast from the mean luma), one lookup for them all. Segments come in TABLES order: value tables first.
+    # Contrast from the mean luma), one lookup for them all
     index = _pixel_index(x)  # [B*C, H*W]: the histograms and the lookup read the same pixels
-    values, per_channel = [], []
-    for name, a, b in segments:
-        if name in ("AutoContrast", "Equalize"):
-            hist = histograms(x[a:b], index[a * C:b * C])
-            per_channel.append((autocontrast_lut if name == "AutoContrast" else equalize_lut)(hist))  # [n*C, 256]
-        else:
+    per_channel = []  # [n*C, 256] per run of segments, in segment order
+    for histogram, run in itertools.groupby(segments, lambda segment: segment[0] in ("AutoContrast", "Equalize")):
+        if histogram:
+            for name, a, b in run:
+                hist = histograms(x[a:b], index[a * C:b * C])
+                per_channel.append((autocontrast_lut if name == "AutoContrast" else equalize_lut)(hist))
+            continue
+        values = []  # tables of the pixel value alone: one row per image, spread to the channels together
+        for name, a, b in run:
             gray_mean = gray_floor(x[a:b].float()).sum(dim=(1, 2, 3)) / (H * W) if name == "Contrast" else None
-            values.append(value_table(name, magnitude[a:b], gray_mean))  # [n, 256], one row per image
-    if values:
-        per_channel.insert(0, torch.cat(values).clamp_(0, 255).repeat_interleave(C, dim=0))
+            values.append(value_table(name, magnitude[a:b], gray_mean))  # [n, 256]
+        per_channel.append(torch.cat(values).clamp_(0, 255).repeat_interleave(C, dim=0))
     identity = (op == OP_ID["Identity"]).repeat_interleave(C)[:, None]  # [B*C, 1]
     table = torch.where(identity, _values(x.device), torch.cat(per_channel)).to(torch.uint8)  # truncates
     return torch.gather(table, 1, index).view(x.shape)

@@ -15,6 +15,7 @@
 #                      and counted), three repeats and their median (overall / window median per repeat)
 #   randaugment-rep{1,2,3}, -median3     `--set augment.policy=randaugment`, loader-only gpu vs torch at 32 and
 #                      224 px, three repeats and their median
+#   trivialaugment, autoaugment          the same, one run each (what each policy costs per batch)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="" tiny=0 policy=1
@@ -83,6 +84,11 @@ if [ "$policy" = 1 ]; then
   rm -f "$out/randaugment.log"
   [ -f "$out/randaugment-rep3.json" ] &&
     "$py" -m fastcifar.bench.aggregate "$out/randaugment-median3" "$out"/randaugment-rep{1,2,3}.json
+  for policy_name in trivialaugment autoaugment; do
+    stamp "--set augment.policy=$policy_name: loader-only gpu vs torch at 32 and $big px"
+    bench --set augment.policy=$policy_name --views loader --loaders gpu,torch --image-sizes "32,$big" "${common[@]}" \
+      --json "$out/$policy_name.json" --markdown "$out/$policy_name.md" >/dev/null
+  done
 fi
 stamp "done: $out"
 ls "$out"

@@ -132,3 +132,29 @@ def test_equalize_and_autocontrast_tables_are_per_image_and_channel():
         for b in range(6):
             alone = P.apply_op(x[b : b + 1], torch.full((1,), P.OP_ID[name]), torch.zeros(1, dtype=torch.float64))
             assert torch.equal(batch[b], alone[0])
+
+
+@pytest.mark.parametrize("family, names", [
+    (P.TABLES, ["Equalize", "Brightness", "AutoContrast", "Solarize", "Contrast", "Posterize", "Invert"]),
+    (P.BLENDS, ["Sharpness", "Color"]),
+    (P.GEOMETRIC, ["Rotate", "ShearX", "TranslateY", "ShearY", "TranslateX"]),
+])
+def test_a_family_takes_its_segments_in_any_order(family, names):
+    # apply_family's segments may come in any order (the policies sort them; a caller need not): the pixels are
+    # those of the whole-batch pass, Identity rows inside a segment (a failed AutoAugment coin) included
+    torch.manual_seed(3)
+    group = 3
+    op = torch.tensor([P.OP_ID[name] for name in names]).repeat_interleave(group)
+    op[1] = P.OP_ID["Identity"]
+    magnitude = torch.empty(len(op), dtype=torch.float64).uniform_(-0.5, 0.5)
+    for k, name in enumerate(names):
+        rows = slice(k * group, (k + 1) * group)
+        if name == "Posterize":
+            magnitude[rows] = 4.0  # bits
+        elif name == "Solarize":
+            magnitude[rows] = 0.5  # threshold, a fraction of 255
+        elif name in ("TranslateX", "TranslateY", "Rotate"):
+            magnitude[rows] *= 20  # px, degrees
+    x = torch.randint(0, 256, (len(op), 3, 32, 32), dtype=torch.uint8)
+    segments = tuple((name, k * group, (k + 1) * group) for k, name in enumerate(names))
+    assert torch.equal(P.apply_family(x, family, op, magnitude, segments), P.apply_op(x, op, magnitude))
