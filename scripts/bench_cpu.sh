@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The committed CPU result set in one command (~15-20 min on an idle 2-core machine). Run it on a clean tree, with
+# The committed CPU result set in one command (~12 min on an idle 2-core machine). Run it on a clean tree, with
 # nothing else running, and commit OUT: every figure the README quotes comes from these files.
 #   bash scripts/bench_cpu.sh [OUT] [--tiny] [--no-policy]
 #     OUT          default bench/results/cpu-<hostname>-<date>
@@ -32,9 +32,13 @@ fc=".venv/bin/fastcifar"; py=".venv/bin/python"
 [ -x "$fc" ] || { fc=fastcifar; py=python3; }
 if [ "$tiny" = 1 ]; then
   images=256; common=(--batch-size 16 --iters 2 --warmup 1 --workers 1); model=(--model resnet10t); sizes=32,64
+  loader=("${common[@]}"); epochs=2
   big=64; cfg_shrink=(--batch-size 8 --image-sizes 64 --model resnet10t); run_images=(--run-epochs 2)
 else
   images=10000; common=(--iters 10); model=(); sizes=32,64,128,224
+  # loader-only cells: 30 windows and 6 whole epochs. With 10 windows a 32 px cell timed 0.05-0.3 s, shorter than
+  # this VM's own slow spells (a window at a third of the median, loader or not), so repeats differed up to 2x
+  loader=(--iters 30); epochs=6
   big=224; cfg_shrink=(--batch-size 32); run_images=(--run-epochs 2)
 fi
 mkdir -p "$out"
@@ -50,8 +54,8 @@ bench() { "$fc" bench --root "$root" --device cpu "$@"; }
 
 for rep in 1 2 3; do
   stamp "loader view, repeat $rep"
-  bench --views loader --loaders gpu,torch,ffcv,dali --image-sizes "$sizes" "${common[@]}" --json "$out/loader-rep$rep.json" \
-    --markdown "$out/loader-rep$rep.md" >/dev/null
+  bench --views loader --loaders gpu,torch,ffcv,dali --image-sizes "$sizes" "${loader[@]}" \
+    --json "$out/loader-rep$rep.json" --markdown "$out/loader-rep$rep.md" >/dev/null
 done
 "$py" -m fastcifar.bench.aggregate "$out/loader-median3" "$out"/loader-rep{1,2,3}.json
 
@@ -64,8 +68,8 @@ bench --views run --loaders gpu --image-sizes 32 "${common[@]}" "${model[@]}" "$
   --json "$out/run.json" --markdown "$out/run.md" >/dev/null
 
 for rep in 1 2 3; do
-  stamp "DALI over whole epochs at 32 and $big px, repeat $rep"
-  bench --views loader --loaders dali --image-sizes "32,$big" --timed-epochs 2 "${common[@]}" \
+  stamp "DALI over $epochs whole epochs at 32 and $big px, repeat $rep"
+  bench --views loader --loaders dali --image-sizes "32,$big" --timed-epochs "$epochs" "${loader[@]}" \
     --json "$out/dali-boundary-rep$rep.json" --markdown "$out/dali-boundary-rep$rep.md" >/dev/null
 done
 "$py" -m fastcifar.bench.aggregate "$out/dali-boundary-median3" "$out"/dali-boundary-rep{1,2,3}.json
@@ -74,7 +78,7 @@ if [ "$policy" = 1 ]; then
   for rep in 1 2 3; do
     stamp "--set augment.policy=randaugment: loader-only gpu vs torch at 32 and $big px, repeat $rep"
     if ! bench --set augment.policy=randaugment --views loader --loaders gpu,torch --image-sizes "32,$big" \
-        "${common[@]}" --json "$out/randaugment-rep$rep.json" --markdown "$out/randaugment-rep$rep.md" \
+        "${loader[@]}" --json "$out/randaugment-rep$rep.json" --markdown "$out/randaugment-rep$rep.md" \
         > "$out/randaugment.log" 2>&1; then
       echo "  the randaugment section did not run (is augment.policy in this tree's config schema?):"
       tail -3 "$out/randaugment.log" | sed 's/^/    /'
@@ -86,7 +90,7 @@ if [ "$policy" = 1 ]; then
     "$py" -m fastcifar.bench.aggregate "$out/randaugment-median3" "$out"/randaugment-rep{1,2,3}.json
   for policy_name in trivialaugment autoaugment; do
     stamp "--set augment.policy=$policy_name: loader-only gpu vs torch at 32 and $big px"
-    bench --set augment.policy=$policy_name --views loader --loaders gpu,torch --image-sizes "32,$big" "${common[@]}" \
+    bench --set augment.policy=$policy_name --views loader --loaders gpu,torch --image-sizes "32,$big" "${loader[@]}" \
       --json "$out/$policy_name.json" --markdown "$out/$policy_name.md" >/dev/null
   done
 fi
