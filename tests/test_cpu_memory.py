@@ -54,7 +54,7 @@ def test_the_cli_keeps_a_freed_batch_in_the_heap():
     plain = probe("library", THP_MEM_ALLOC_ENABLE="0")  # fastcifar imported as a library: nothing changed
     assert plain["in_effect"] is None
     assert plain["faults"] > 8 * 50_000, plain  # mmap per block: every page of every batch faults in again
-    assert configured["faults"] < plain["faults"] / 4, (configured, plain)  # freed blocks served new batches
+    assert configured["faults"] < plain["faults"] / 3, (configured, plain)  # freed blocks served new batches
 
 
 def test_a_users_own_glibc_tuning_is_left_alone():
