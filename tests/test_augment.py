@@ -372,3 +372,25 @@ def test_cpu_transform_flip_probability():
     fn = cpu_transform(AugmentConfig(hflip=0.3), True)
     flipped = sum(torch.equal(fn(img), img.flip(2)) for _ in range(1000))
     _within_3_sigma(flipped / 1000, 0.3, 1000)
+
+
+@pytest.mark.parametrize("pad_mode", ["reflect", "constant"])
+def test_crop_flip_and_normalize_give_the_same_pixels_from_either_memory_format(pad_mode):
+    # the CPU takes a per-plane path for channels_last input (crop/flip) and NCHW input (normalize)
+    from fastcifar import augment_ops
+
+    torch.manual_seed(5)
+    x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    dy, dx = torch.randint(-4, 5, (2, 6))
+    hflip, vflip = torch.rand(6) < 0.5, torch.rand(6) < 0.5
+    nchw = augment_ops.crop_flip(x, dy, dx, hflip, vflip, 4, pad_mode)
+    nhwc = augment_ops.crop_flip(x.contiguous(memory_format=torch.channels_last), dy, dx, hflip, vflip, 4, pad_mode)
+    assert torch.equal(nchw, nhwc) and nhwc.is_contiguous()
+    scale, shift = torch.tensor([0.02, 0.03, 0.04]), torch.tensor([-1.0, -2.0, -3.0])
+    for dtype in (torch.float32, torch.bfloat16):
+        a = augment_ops.normalize(nchw, scale, shift, dtype)
+        b = augment_ops.normalize(nchw.contiguous(memory_format=torch.channels_last), scale, shift, dtype)
+        assert torch.equal(a, b) and a.is_contiguous(memory_format=torch.channels_last)
+        want = nchw.double() * scale.double().view(1, 3, 1, 1) + shift.double().view(1, 3, 1, 1)
+        bf16 = dtype == torch.bfloat16  # scale and shift are rounded to bf16 too: ~1e-3 of 255 * scale
+        torch.testing.assert_close(a.double(), want, rtol=1e-2 if bf16 else 1e-6, atol=5e-2 if bf16 else 1e-5)
