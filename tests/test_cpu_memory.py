@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -60,5 +61,17 @@ def test_the_cli_keeps_a_freed_batch_in_the_heap():
 def test_a_users_own_glibc_tuning_is_left_alone():
     assert probe("cli", MALLOC_MMAP_MAX_="65536")["in_effect"] == {"thp": True, "heap_reuse": False}
     assert probe("cli", THP_MEM_ALLOC_ENABLE="0")["in_effect"]["thp"] is False
-    # torch's huge pages alone (what the CLI also asks for): 2 MB per fault instead of 4 KB
+
+
+def transparent_huge_pages() -> str:
+    """The kernel's THP mode (always | madvise | never), "" where the file is missing."""
+    path = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    text = path.read_text() if path.exists() else ""
+    return text[text.find("[") + 1:text.find("]")] if "[" in text else ""
+
+
+@pytest.mark.skipif(transparent_huge_pages() not in ("always", "madvise"),
+                    reason="the kernel gives no huge pages to madvise(MADV_HUGEPAGE), which torch uses")
+def test_torchs_huge_pages_cut_the_faults():
+    # what the CLI also asks for (THP_MEM_ALLOC_ENABLE): 2 MB per fault instead of 4 KB, heap reuse or not
     assert probe("library", THP_MEM_ALLOC_ENABLE="1")["faults"] < 8 * 50_000 / 10
