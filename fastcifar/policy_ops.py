@@ -25,6 +25,7 @@ image is computed on its own rows only. Images are uint8 NCHW at the stored 32 p
 from __future__ import annotations
 
 import itertools
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -42,9 +43,7 @@ GRAY = (0.2989, 0.587, 0.114)  # torchvision's luma weights (rgb_to_grayscale)
 
 
 _SCRATCH: dict[tuple, Tensor] = {}
-_ONES: dict[tuple, Tensor] = {}  # read-only sources of ones for the histograms
-_VALUES: dict[torch.device, Tensor] = {}  # read-only 0..255 per device (`_values`)
-_CONSTANTS: dict[tuple, tuple[Tensor, ...]] = {}  # read-only grids per device and size (`_centres`)
+_CONSTANTS: dict[tuple, Tensor] = {}  # read-only tensors (`constant`)
 
 
 def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -55,6 +54,14 @@ def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch
     if key not in _SCRATCH:
         _SCRATCH[key] = torch.empty(shape, dtype=dtype, device=device)
     return _SCRATCH[key]
+
+
+def constant(key: tuple, make: Callable[[], Tensor]) -> Tensor:
+    """A read-only tensor made once per key (name, device, sizes): inside a step no constant is built again, so
+    none is copied from the host. Callers never write to it."""
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = make()
+    return _CONSTANTS[key]
 
 
 def _pixel_index(x: Tensor) -> Tensor:
@@ -113,10 +120,9 @@ def grid_coefficients(op: Tensor, magnitude: Tensor, height: int, width: int) ->
     A function of the draw alone (tiny [B] tensors): a policy computes it once for all its slots.
     """
     theta = inverse_affine(op, magnitude, height, width).float()
-    key = ("half sides", theta.device, height, width)
-    if key not in _CONSTANTS:  # made once per device: no host-to-device copy in the step
-        _CONSTANTS[key] = (torch.tensor([0.5 * width] * 3 + [0.5 * height] * 3).to(theta.device),)
-    return theta / _CONSTANTS[key][0]  # float32 / float32, as torchvision's div_ by a float32 tensor
+    half = constant(("half sides", theta.device, height, width),
+                    lambda: torch.tensor([0.5 * width] * 3 + [0.5 * height] * 3).to(theta.device))
+    return theta / half  # float32 / float32, as torchvision's div_ by a float32 tensor
 
 
 def source_pixels(coefficients: Tensor, height: int, width: int) -> Tensor:
@@ -150,12 +156,11 @@ def source_pixels(coefficients: Tensor, height: int, width: int) -> Tensor:
 
 def _centres(device: torch.device, height: int, width: int) -> tuple[Tensor, Tensor]:
     """Pixel centres relative to the image centre: float32 [1, 1, W] (x) and [1, H, 1] (y), made once."""
-    key = ("centres", device, height, width)
-    if key not in _CONSTANTS:
-        xs = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, steps=width, device=device)[None, None, :]
-        ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, steps=height, device=device)[None, :, None]
-        _CONSTANTS[key] = (xs, ys)
-    return _CONSTANTS[key]
+    xs = constant(("x centres", device, width), lambda: torch.linspace(
+        (1.0 - width) * 0.5, (width - 1.0) * 0.5, steps=width, device=device)[None, None, :])
+    ys = constant(("y centres", device, height), lambda: torch.linspace(
+        (1.0 - height) * 0.5, (height - 1.0) * 0.5, steps=height, device=device)[None, :, None])
+    return xs, ys
 
 
 def warp_nearest(x: Tensor, coefficients: Tensor) -> Tensor:
@@ -183,9 +188,9 @@ def histograms(x: Tensor, index: Tensor | None = None) -> Tensor:
     """
     B, C, H, W = x.shape
     hist = torch.zeros(B * C, 256, dtype=torch.int32, device=x.device)
-    ones = _ONES.get((B * C, H * W, x.device))
-    if ones is None:  # contiguous, made once: scatter_add_ runs 2x faster from it than from an expand on CPU
-        ones = _ONES[(B * C, H * W, x.device)] = torch.ones(B * C, H * W, dtype=torch.int32, device=x.device)
+    # contiguous, made once: scatter_add_ runs 2x faster from it than from an expand on CPU
+    ones = constant(("ones", x.device, B * C, H * W),
+                    lambda: torch.ones(B * C, H * W, dtype=torch.int32, device=x.device))
     return hist.scatter_add_(1, _pixel_index(x) if index is None else index, ones)
 
 
@@ -444,6 +449,4 @@ def apply_family(x: Tensor, family: tuple[str, ...], op: Tensor, magnitude: Tens
 
 def _values(device: torch.device) -> Tensor:
     """float32 [256]: 0..255, the identity table (made once per device, read only)."""
-    if device not in _VALUES:
-        _VALUES[device] = torch.arange(256, device=device, dtype=torch.float32)
-    return _VALUES[device]
+    return constant(("values", device), lambda: torch.arange(256, device=device, dtype=torch.float32))
