@@ -14,9 +14,10 @@ and sign are its own; only the joint counts are fixed instead of binomial: every
 positions of each batch (G images when K divides B, else G less the padding that lands in its share).
 That makes each op's share of the batch a static shape: `apply` gathers the images of each family of ops
 (`policy_ops.FAMILIES`: geometric, blends, tables) and runs only that family's
-kernels on them, instead of every pass over the whole batch (`policy_ops.apply_op`, still used without
-an order, e.g. for a hand-made `ops`). AutoAugment's per-op probability stays an independent coin per
-image (a failed coin is Identity, which every family passes through unchanged).
+kernels on them, each op's on its own rows, without reading the draw on the host (`policy_ops.apply_op`,
+used without an order, e.g. for a hand-made `ops`, sorts on the host instead). AutoAugment's per-op
+probability stays an independent coin per image (a failed coin is Identity, which every family passes
+through unchanged).
 
 The op tables, magnitude bins and the AutoAugment CIFAR-10 sub-policies are read from torchvision's own
 classes (`_AUGMENTATION_SPACE`, `_policies`), so they cannot drift from the CPU baseline that runs those
@@ -169,8 +170,8 @@ class Policy:
         """Run the S slots in order. x: uint8 [B, 3, H, W] -> uint8 [B, 3, H, W] NCHW.
 
         With `order` (from the same `sample`), each family of ops runs on its own images only
-        (`policy_ops.apply_family`); without it, every slot is `policy_ops.apply_op` over the whole batch
-        (any ops, the same values, slower).
+        (`policy_ops.apply_family`); without it, every slot is `policy_ops.apply_op` (any ops, the same
+        values, but it reads the ops on the host: a sync per slot).
         """
         if order is None:
             for slot in range(ops.shape[0]):
@@ -190,8 +191,9 @@ class Policy:
             rows = index.clamp(max=B - 1) if where is None else where[index]
             xs, op, magnitude = xp.index_select(0, rows), ops[slot][index], magnitudes[slot][index]
             coefficients = geometry[slot][index]
-            y = torch.cat([apply_family(xs[a:b], family, op[a:b], magnitude[a:b], segments, coefficients[a:b])
-                           for family, a, b, segments in groups])
+            y = torch.empty_like(xs)
+            for family, a, b, segments in groups:
+                apply_family(xs[a:b], family, op[a:b], magnitude[a:b], segments, coefficients[a:b], out=y[a:b])
             # image i is row where[i] of y (an index_select is far cheaper than an index_copy_ back)
             where = torch.empty_like(index).scatter_(0, index, torch.arange(P, device=x.device))
             xp = y

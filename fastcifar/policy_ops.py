@@ -1,25 +1,24 @@
 """torchvision's auto-augment ops, batched: every image of a batch runs its own op with its own magnitude.
 
-`apply_op(x, op, magnitude)` is one "slot" of a policy: image b gets op `op[b]` (an index into OPS) with
-the signed magnitude `magnitude[b]`, in the units torchvision's `_apply_image_or_video_transform` takes
-(shear: the tangent; translate: px; rotate: degrees; brightness/color/contrast/sharpness: factor - 1;
-posterize: bits; solarize: threshold as a fraction of 255). Each op reproduces
-`torchvision.transforms.v2.functional` on uint8 images with `interpolation=NEAREST` and `fill=None` (zeros),
-torchvision's auto-augment defaults (tests/test_policy_ops.py checks every op by value).
+Image b gets op `op[b]` (an index into OPS) with the signed magnitude `magnitude[b]`, in the units
+torchvision's `_apply_image_or_video_transform` takes (shear: the tangent; translate: px; rotate: degrees;
+brightness/color/contrast/sharpness: factor - 1; posterize: bits; solarize: threshold as a fraction of 255).
+Each op reproduces `torchvision.transforms.v2.functional` on uint8 images with `interpolation=NEAREST` and
+`fill=None` (zeros), torchvision's auto-augment defaults (tests/test_policy_ops.py checks every op by value).
 
-No op branches on a value in Python and no shape depends on the data, so a slot is a fixed sequence of
-batched kernels whatever the draw; to keep it cheap the 15 ops share three passes, run in this order:
+The 15 ops fall into three families (FAMILIES) by what they compute, and `apply_family` runs any mix of one
+family's ops (and Identity) as one batched pass:
 
     geometric (shear, translate, rotate)   one nearest-neighbour gather with a per-image source index
-    blends (color, sharpness)              one float blend with a per-image degenerate image
-    pointwise (brightness, contrast, posterize, solarize, autocontrast, equalize, invert, identity)
+    blends (color, sharpness)              a float blend with a per-image degenerate image, per op
+    tables (brightness, contrast, posterize, solarize, invert, autocontrast, equalize)
                                            one per-image-and-channel lookup table [B*C, 256], one gather
 
-Every pass is the identity for images whose op belongs to another pass (identity matrix, blend weight 0,
-identity table), so no per-image selection is needed. `apply_family` runs one of these passes alone (or
-none, for Identity) on images whose ops all belong to it: the policies group each batch that way
-(policy.py), so every image pays for its own pass only, and within a pass each op's table or degenerate
-image is computed on its own rows only. Images are uint8 NCHW at the stored 32 px; nothing here resizes.
+It is told which rows run which op (`segments`) instead of looking: no Python branch reads a drawn value and
+no shape depends on one, so a step never waits for the device, and each op's own steps (a luma, a blur, a
+histogram) run on its own rows only. The policies know those rows from their stratified draw (policy.py);
+`apply_op`, the reference for any hand-made draw, sorts the batch on the host instead. Images are uint8 NCHW
+at the stored 32 px; nothing here resizes.
 """
 
 from __future__ import annotations
@@ -46,13 +45,16 @@ _SCRATCH: dict[tuple, Tensor] = {}
 _CONSTANTS: dict[tuple, Tensor] = {}  # read-only tensors (`constant`)
 
 
-def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, fill: float | None = None
+            ) -> Tensor:
     """A reused buffer per (name, shape, dtype, device). On CPU a fresh multi-MB tensor is page-faulted in on
     every call (the int64 pixel indices cost more in faults than the gather itself); CUDA's caching
-    allocator would reuse the memory anyway. Contents are overwritten by each user before reading."""
+    allocator would reuse the memory anyway. Each user overwrites what it reads, except the parts a buffer
+    made with `fill` keeps that value in because no user ever writes them (the warp's zero border)."""
     key = (name, shape, dtype, device)
     if key not in _SCRATCH:
-        _SCRATCH[key] = torch.empty(shape, dtype=dtype, device=device)
+        _SCRATCH[key] = torch.empty(shape, dtype=dtype, device=device) if fill is None else torch.full(
+            shape, fill, dtype=dtype, device=device)
     return _SCRATCH[key]
 
 
@@ -68,14 +70,6 @@ def _pixel_index(x: Tensor) -> Tensor:
     """uint8 [B, C, H, W] -> its values as int64 [B*C, H*W] (a scratch buffer: use before the next call)."""
     B, C, H, W = x.shape
     return scratch("index", (B * C, H * W), torch.int64, x.device).copy_(x.reshape(B * C, H * W))
-
-
-def _is(op: Tensor, *names: str) -> Tensor:
-    """[B] bool: op[b] is one of `names`."""
-    out = torch.zeros_like(op, dtype=torch.bool)
-    for name in names:
-        out |= op == OP_ID[name]
-    return out
 
 
 # ---------------------------------------------------------------------------- geometry, exact nearest
@@ -96,7 +90,8 @@ def inverse_affine(op: Tensor, magnitude: Tensor, height: int, width: int) -> Te
     ty = torch.where(op == OP_ID["TranslateY"], torch.trunc(m), zero)
     # F.rotate(angle) takes angle % 360 and builds the matrix with -angle
     angle = torch.where(op == OP_ID["Rotate"], -torch.remainder(m, 360.0), zero)
-    shearing = _is(op, "ShearX", "ShearY")  # torchvision shears about the top-left corner (center=[0, 0])
+    # torchvision shears about the top-left corner (center=[0, 0])
+    shearing = (op == OP_ID["ShearX"]) | (op == OP_ID["ShearY"])
     cx = torch.where(shearing, zero - width * 0.5, zero)
     cy = torch.where(shearing, zero - height * 0.5, zero)
 
@@ -148,9 +143,10 @@ def source_pixels(coefficients: Tensor, height: int, width: int) -> Tensor:
     # the same float32 operations in the same order, in place where the operand is a fresh [B, H, W] tensor
     gx = torch.add(xs * c[:, 0], ys * c[:, 1]).add_(c[:, 2])  # [B, H, W]
     gy = torch.add(xs * c[:, 3], ys * c[:, 4]).add_(c[:, 5])
-    ix = gx.add_(1).mul_(width / 2).sub_(0.5).round_().clamp_(-1, width).add_(1)  # column in the padded image
-    iy = gy.add_(1).mul_(height / 2).sub_(0.5).round_().clamp_(-1, height).add_(1)
-    index = iy.mul_(width + 2).add_(ix)  # integers below 2^24: exact in float32
+    ix = gx.add_(1).mul_(width / 2).sub_(0.5).round_().clamp_(-1, width)  # column, -1 and width: on the border
+    iy = gy.add_(1).mul_(height / 2).sub_(0.5).round_().clamp_(-1, height)
+    # (iy + 1) * (W + 2) + ix + 1 in the padded image: integers below 2^24, exact in float32
+    index = torch.add(ix, iy, alpha=width + 2).add_(width + 3)
     return index.int().long().view(-1, height * width)  # via int32: twice as fast as float32 -> int64 on CPU
 
 
@@ -163,35 +159,39 @@ def _centres(device: torch.device, height: int, width: int) -> tuple[Tensor, Ten
     return xs, ys
 
 
-def warp_nearest(x: Tensor, coefficients: Tensor) -> Tensor:
+def warp_nearest(x: Tensor, coefficients: Tensor, out: Tensor | None = None) -> Tensor:
     """Warp each image by its inverse affine map, nearest neighbour, zeros outside: uint8 in, uint8 out.
 
     Args:
         x: uint8 [B, C, H, W] NCHW. coefficients: float32 [B, 6] (see `grid_coefficients`).
+        out: uint8 [B, C, H, W] contiguous to write into; None = a new tensor.
 
     Returns:
         uint8 [B, C, H, W] NCHW: exactly torchvision's affine/rotate (NEAREST, fill=None) per image.
     """
     B, C, H, W = x.shape
     index = source_pixels(coefficients, H, W)  # [B, H*W] into the padded image
-    padded = F.pad(x, (1, 1, 1, 1)).view(B, C, (H + 2) * (W + 2))  # the zero border outside reads land on
-    return torch.gather(padded, 2, index[:, None].expand(B, C, H * W)).view(B, C, H, W)
+    padded = scratch("padded", (B, C, H + 2, W + 2), x.dtype, x.device, fill=0)  # only the interior is written:
+    padded[:, :, 1:-1, 1:-1] = x  # the zero border the outside reads land on
+    out = torch.empty_like(x) if out is None else out
+    torch.gather(padded.view(B, C, -1), 2, index[:, None].expand(B, C, H * W), out=out.view(B, C, H * W))
+    return out
 
 
-# ---------------------------------------------------------------------------- pointwise: per-image tables
+# ---------------------------------------------------------------------------- tables: one lookup per image and channel
 
 
-def histograms(x: Tensor, index: Tensor | None = None) -> Tensor:
+def histograms(x: Tensor, index: Tensor) -> Tensor:
     """Per image and channel histogram of uint8 [B, C, H, W]: int32 [B*C, 256] (scatter_add_, no host sync).
 
-    `index`: x's `_pixel_index` when the caller has it already (it then looks the same pixels up).
+    index: x's pixels as int64 [B*C, H*W] (`_pixel_index`; the caller looks the same pixels up afterwards).
     """
     B, C, H, W = x.shape
     hist = torch.zeros(B * C, 256, dtype=torch.int32, device=x.device)
     # contiguous, made once: scatter_add_ runs 2x faster from it than from an expand on CPU
     ones = constant(("ones", x.device, B * C, H * W),
                     lambda: torch.ones(B * C, H * W, dtype=torch.int32, device=x.device))
-    return hist.scatter_add_(1, _pixel_index(x) if index is None else index, ones)
+    return hist.scatter_add_(1, index, ones)
 
 
 def equalize_lut(hist: Tensor) -> Tensor:
@@ -212,75 +212,70 @@ def equalize_lut(hist: Tensor) -> Tensor:
     return torch.where(step != 0, lut, _values(hist.device))
 
 
-def autocontrast_lut(hist: Tensor) -> Tensor:
-    """torchvision's autocontrast per row: (v - min) / ((max - min) / 255), truncated. int32 [R, 256] -> float32."""
-    seen = hist > 0
-    values = _values(hist.device)
-    low = torch.where(seen, values, 255.0).amin(dim=1, keepdim=True)  # [R, 1] darkest value present
-    high = torch.where(seen, values, 0.0).amax(dim=1, keepdim=True)
+def autocontrast_lut(x: Tensor) -> Tensor:
+    """torchvision's autocontrast per image and channel: (v - min) / ((max - min) / 255), a flat channel
+    unchanged. uint8 [B, C, H, W] -> float32 [B*C, 256], clamped, not yet truncated."""
+    low, high = (t.float()[:, None] for t in torch.aminmax(x.reshape(x.shape[0] * x.shape[1], -1), dim=1))
     flat = high == low
     inv_scale = torch.where(flat, 1.0, (high - low) * (1.0 / 255))
-    low = torch.where(flat, 0.0, low)
-    return ((values - low) / inv_scale).clamp_(0, 255)
+    return ((_values(x.device) - torch.where(flat, 0.0, low)) / inv_scale).clamp_(0, 255)
 
 
-VALUE_TABLES = ("Identity", "Brightness", "Contrast", "Posterize", "Solarize", "Invert")  # tables of v alone
+def value_tables(x: Tensor, segments: tuple[tuple[str, int, int], ...], magnitude: Tensor, table: Tensor) -> None:
+    """Write each segment's table of the pixel value alone into `table` (uint8 [B, 256]), each with the steps of
+    torchvision's op, on its own rows only:
 
-
-def value_table(name: str, magnitude: Tensor, gray_mean: Tensor | None = None) -> Tensor:
-    """The table of one pointwise op that needs no histogram, per image: float32 [B, 256], not yet clamped.
-
-    Brightness and Contrast are v * float32(1 + magnitude) (+ Contrast's offset -magnitude * mean added in
-    float64, so that x * f + (1 - f) * mean rounds once, like torchvision's fused add_); Invert 255 - v;
-    Posterize keeps the top `magnitude` bits; Solarize inverts where v >= 255 * magnitude.
-
-    Args:
-        name: one of VALUE_TABLES. magnitude: float64 [B] (signed, torchvision's units).
-        gray_mean: float32 [B] mean of the floored luma (Contrast only).
+        Brightness  v * f, f = float32(1 + magnitude)
+        Contrast    v * f + offset in float64, offset = float32(-magnitude) * mean of the floored luma, rounded
+                    to float32 once, as torchvision's fused add_
+        Solarize    255 - v where v >= float32(255 * magnitude)
+        Posterize   v & the top `magnitude` bits
+        Invert      255 - v
+    then clamped to [0, 255] and truncated (torchvision's clamp and .to(uint8)). Segments of other ops are left
+    for the caller. x: uint8 [B, C, H, W] (Contrast's luma). magnitude: float64 [B], torchvision's units.
     """
-    v = _values(magnitude.device)[None]  # [1, 256]
-    m = magnitude[:, None]  # [B, 1] float64
-    if name == "Identity":
-        return v.expand(m.shape[0], 256)
-    if name == "Invert":
-        return (255.0 - v).expand(m.shape[0], 256)
-    if name == "Posterize":
-        return torch.bitwise_and(v.long(), torch.bitwise_left_shift(255, 8 - m.long().clamp(0, 8)) & 255).float()
-    if name == "Solarize":
-        return torch.where(v >= (255.0 * m).float(), 255.0 - v, v)
-    scaled = v * (1.0 + m).float()  # float32(1 + magnitude), as torchvision's factor
-    if name == "Brightness":
-        return scaled
-    return (scaled.double() + (-m).float().double() * gray_mean[:, None].double()).float()  # Contrast
+    v = _values(x.device)
+    for name, a, b in segments:
+        m = magnitude[a:b, None]  # [n, 1] float64
+        if name in ("Brightness", "Contrast"):
+            y = v * (1.0 + m).float()
+            if name == "Contrast":
+                mean = gray_floor(x[a:b].float()).mean(dim=(1, 2, 3))[:, None]  # integer sums: exact
+                y = (y.double() + (-m).float().double() * mean.double()).float()
+        elif name == "Solarize":
+            y = torch.where(v >= (255.0 * m).float(), 255.0 - v, v)
+        elif name == "Invert":
+            y = 255.0 - v
+        elif name == "Posterize":
+            keep = torch.bitwise_left_shift(255, 8 - m.long().clamp(0, 8)) & 255  # [n, 1] int64
+            table[a:b] = keep.to(torch.uint8) & _values(x.device, torch.uint8)
+            continue
+        else:
+            continue
+        table[a:b] = y.clamp(0, 255)  # copy_ to uint8 truncates
 
 
-def pointwise_lut(op: Tensor, magnitude: Tensor, hist: Tensor, gray_mean: Tensor, channels: int) -> Tensor:
-    """The lookup table of each image's pointwise op (identity for other ops): uint8 [B*C, 256].
+def table_lut(x: Tensor, op: Tensor, magnitude: Tensor, segments: tuple[tuple[str, int, int], ...],
+              index: Tensor) -> Tensor:
+    """The lookup table of each image and channel for TABLES ops: uint8 [B*C, 256].
 
-    Every image's row is `value_table` of its op (AutoContrast and Equalize per channel, from the histograms).
-
-    Args:
-        op: int64 [B]. magnitude: float64 [B] (signed, torchvision's units).
-        hist: int32 [B*C, 256] (see `histograms`). gray_mean: float32 [B] mean of the floored luma.
-        channels: C.
+    `value_tables` per image, spread to its channels, then AutoContrast's and Equalize's per-channel tables on
+    their own segments' rows (from the pixels' min and max, and from the histograms; index: `_pixel_index(x)`),
+    and the identity table for every Identity row (a padding row, a failed AutoAugment coin).
     """
-    op = op[:, None]
-    table = value_table("Identity", magnitude)
-    for name in VALUE_TABLES[1:]:
-        table = torch.where(op == OP_ID[name], value_table(name, magnitude, gray_mean), table)
-    table = table.clamp(0, 255).repeat_interleave(channels, dim=0)  # [B*C, 256]
-    per_channel = op.repeat_interleave(channels, dim=0)  # [B*C, 1]
-    table = torch.where(per_channel == OP_ID["AutoContrast"], autocontrast_lut(hist), table)
-    table = torch.where(per_channel == OP_ID["Equalize"], equalize_lut(hist), table)
-    return table.to(torch.uint8)  # truncation toward zero, like torchvision's .to(uint8) after clamp
-
-
-def apply_lut(x: Tensor, lut: Tensor) -> Tensor:
-    """out[b, c, i, j] = lut[row, x[b, c, i, j]], row b*C + c (lut uint8 [B*C, 256]) or b (lut [B, 256]).
-
-    x: uint8 [B, C, H, W]. Returns uint8 [B, C, H, W] NCHW.
-    """
-    return torch.gather(lut, 1, _pixel_index(x).view(lut.shape[0], -1)).view(x.shape)
+    B, C = x.shape[:2]
+    per_image = torch.empty(B, 256, dtype=torch.uint8, device=x.device)
+    value_tables(x, segments, magnitude, per_image)
+    table = per_image.repeat_interleave(C, dim=0)
+    for name, a, b in segments:
+        if name == "AutoContrast":
+            table[a * C : b * C] = autocontrast_lut(x[a:b])  # copy_ to uint8 truncates, as torchvision's .to
+        elif name == "Equalize":
+            table[a * C : b * C] = equalize_lut(histograms(x[a:b], index[a * C : b * C]))
+    # Identity rows get the identity table: table + (v - table) * 1 wraps around to v in uint8 (and * 0 keeps the
+    # row); a broadcast torch.where runs 4x slower on CPU
+    identity = (op == OP_ID["Identity"]).to(torch.uint8).repeat_interleave(C)[:, None]
+    return table.add_((_values(x.device, torch.uint8) - table).mul_(identity))
 
 
 # ---------------------------------------------------------------------------- blends: color and sharpness
@@ -322,51 +317,85 @@ def blur_3x3(xf: Tensor) -> Tensor:
     out_flat[: W + 1] = 0  # the two ends the shifted sums do not reach: border pixels
     out_flat[W + 1 + sums.numel() :] = 0
     torch.sub(sums.add_(centre, alpha=4.0).div_(13.0).round_(), centre, out=out_flat[W + 1 : W + 1 + sums.numel()])
-    interior = torch.zeros(H, W, device=xf.device)
-    interior[1:-1, 1:-1] = 1.0
+    interior = constant(("interior", xf.device, H, W),
+                        lambda: F.pad(torch.ones(H - 2, W - 2, device=xf.device), (1, 1, 1, 1)))
     return out.mul_(interior)
 
 
-def blend(xf: Tensor, op: Tensor, magnitude: Tensor, degenerate: Tensor) -> Tensor:
-    """adjust_saturation (Color) and adjust_sharpness (Sharpness) per image; other images pass unchanged.
+def blend(x: Tensor, name: str, magnitude: Tensor, out: Tensor) -> Tensor:
+    """adjust_saturation (Color) or adjust_sharpness (Sharpness), each image with its own factor, into `out`.
 
     torchvision computes Color as x * f + (1 - f) * gray and Sharpness as x + (1 - f) * (blur - x), both
     with `add_(alpha=1 - f)`, which CPU torch runs as one fused multiply-add. Here both are
-    p * x + alpha * D in float32 with two roundings (addcmul), D = gray or blur - x. The two can differ
-    only where the blend lands within one float32 ulp (~1.5e-5) of an integer before truncation; no pixel
-    differed in 3 million random ones per op (tests/test_policy_ops.py allows 1 off on 0.01 % of pixels).
+    x * p + alpha * D in float32 with two roundings (addcmul), D = gray or blur - x, p = f or 1. The two can
+    differ only where the blend lands within one float32 ulp (~1.5e-5) of an integer before truncation; no
+    pixel differed in 3 million random ones per op (tests/test_policy_ops.py allows 1 off on 0.01 % of pixels).
 
     Args:
-        xf: float32 [B, 3, H, W] holding uint8 values. op: int64 [B]. magnitude: float64 [B].
-        degenerate: D per image, float32 [B, 3 or 1, H, W]: `gray_floor(xf)` for Color images, `blur_3x3(xf)`
-            for Sharpness images (`degenerate_image` picks per image); any values for other images.
+        x: uint8 [B, 3, H, W]. name: Color or Sharpness. magnitude: float64 [B]; 0 leaves an image unchanged
+            (p 1 and alpha 0 give x back exactly). out: uint8 [B, 3, H, W].
+    """
+    xf = x.float()
+    m = magnitude[:, None, None, None]
+    if name == "Color":
+        gray = gray_floor(xf)
+        xf = xf.mul_((1.0 + m).float()).addcmul_(gray, (-m).float())  # p = float32(1 + magnitude)
+    else:
+        xf = xf.addcmul_(blur_3x3(xf), (-m).float())  # alpha = float32(1 - f) = -magnitude
+    return out.copy_(xf.clamp_(0, 255))  # copy_ truncates, as torchvision's .to(uint8)
+
+
+# ---------------------------------------------------------------------------- the three families
+
+
+# the ops that share one batched pass, by what they compute: any mix of one family's ops (and Identity) runs as
+# one call of `apply_family`; Identity alone costs nothing
+TABLES = ("Brightness", "Posterize", "Solarize", "Invert", "Contrast", "AutoContrast", "Equalize")
+FAMILIES = (("Identity",), GEOMETRIC, BLENDS, TABLES)
+FAMILY = {name: family for family in FAMILIES for name in family}
+
+
+def apply_family(x: Tensor, family: tuple[str, ...], op: Tensor, magnitude: Tensor,
+                 segments: tuple[tuple[str, int, int], ...], coefficients: Tensor | None = None,
+                 out: Tensor | None = None) -> Tensor:
+    """Image b gets OPS[op[b]], every op one of `family` (one of FAMILIES) or Identity, running only that
+    family's kernels, and each op's own steps only where it has rows: exactly torchvision's op per image.
+
+    Args:
+        x: uint8 [B, 3, H, W] contiguous NCHW. family: one of FAMILIES. op: int64 [B].
+        magnitude: float64 [B], torchvision's units.
+        segments: ((name, start, stop), ...) covering rows 0..B-1: every image of rows start..stop-1 runs
+            `name` or Identity (a padding row, an AutoAugment op whose coin failed). The policies know
+            them without looking at a drawn value (policy.Policy._groups): a stratum's rows are fixed.
+        coefficients: GEOMETRIC only, `grid_coefficients(op, magnitude, H, W)` if the caller has it (a policy
+            computes it for all slots at once); None = computed here.
+        out: uint8 [B, 3, H, W] contiguous to write into; None = a new tensor.
 
     Returns:
-        float32 [B, 3, H, W] (a scratch buffer: use before the next call), clamped to [0, 255], not yet
-        truncated; exactly xf for other ops.
+        uint8 [B, 3, H, W] NCHW: `out`.
     """
-    is_color = (op == OP_ID["Color"])[:, None, None, None]
-    m = magnitude[:, None, None, None]
-    p = torch.where(is_color, (1.0 + m).float(), 1.0)  # [B, 1, 1, 1] float32: torchvision's float32(1 + magnitude)
-    alpha = torch.where(_is(op, *BLENDS)[:, None, None, None], (-m).float(), 0.0)  # float32(1 - f) = -magnitude
-    out = torch.mul(xf, p, out=scratch("blend", tuple(xf.shape), xf.dtype, xf.device))
-    return out.addcmul_(degenerate, alpha).clamp_(0, 255)
-
-
-def degenerate_image(xf: Tensor, op: Tensor, gray: Tensor) -> Tensor:
-    """`blend`'s D for a batch mixing both ops: gray for Color images, blur - x for the others, float32 [B, 3, H, W].
-
-    (lerp with weight exactly 0 or 1 selects a side exactly.)
-    """
-    is_color = (op == OP_ID["Color"]).float()[:, None, None, None]
-    return blur_3x3(xf).lerp_(gray.expand_as(xf), is_color)
-
-
-# ---------------------------------------------------------------------------- one slot
+    B, C, H, W = x.shape
+    out = torch.empty_like(x) if out is None else out
+    if family == ("Identity",):
+        return out.copy_(x)
+    if family == GEOMETRIC:  # the five share one gather; only their matrices differ
+        return warp_nearest(x, grid_coefficients(op, magnitude, H, W) if coefficients is None else coefficients, out)
+    if family == BLENDS:  # Color needs the luma only, Sharpness the blur only
+        kept = magnitude.masked_fill(op == OP_ID["Identity"], 0.0)  # magnitude 0 is the identity blend
+        for name, a, b in segments:
+            blend(x[a:b], name, kept[a:b], out[a:b])
+        return out
+    index = _pixel_index(x)  # [B*C, H*W]: the histograms and the lookup read the same pixels
+    table = table_lut(x, op, magnitude, segments, index)
+    return torch.gather(table, 1, index, out=out.view(B * C, H * W)).view_as(x)
 
 
 def apply_op(x: Tensor, op: Tensor, magnitude: Tensor) -> Tensor:
-    """Image b gets torchvision's op OPS[op[b]] with signed magnitude magnitude[b].
+    """Image b gets torchvision's op OPS[op[b]] with signed magnitude magnitude[b], any mix of ops.
+
+    The reference for a hand-made draw: it sorts the batch by family and op and reads the sorted ops on the
+    host (a sync, so no step calls it: a policy knows its groups without looking, policy.Policy.apply), then
+    runs `apply_family` on each group.
 
     Args:
         x: uint8 [B, 3, H, W], any memory format.
@@ -375,78 +404,28 @@ def apply_op(x: Tensor, op: Tensor, magnitude: Tensor) -> Tensor:
     Returns:
         uint8 [B, 3, H, W] NCHW (contiguous).
     """
-    B, C, H, W = x.shape
-    magnitude = magnitude.double()
-    # 1. geometry; other images get the identity matrix, whose nearest source pixel is the pixel itself
-    x = warp_nearest(x.contiguous(), grid_coefficients(op, magnitude, H, W))
-    # 2. blends; every other image comes out exactly as it went in (weight 0, then truncation of an integer)
-    xf = scratch("xf", (B, C, H, W), torch.float32, x.device).copy_(x)
-    gray = gray_floor(xf)  # [B, 1, H, W]
-    y = blend(xf, op, magnitude, degenerate_image(xf, op, gray)).to(torch.uint8)  # truncation, as torchvision
-    # 3. tables, from the statistics of x (equal to y for every image with a table op), applied to y
-    gray_mean = gray.sum(dim=(1, 2, 3)) / (H * W)  # integers below 2^24: the sum is exact in any order
-    lut = pointwise_lut(op, magnitude, histograms(x), gray_mean, C)
-    return apply_lut(y, lut)
+    rank = torch.tensor([FAMILIES.index(FAMILY[name]) * len(OPS) + i for i, name in enumerate(OPS)])
+    order = torch.argsort(rank.to(op.device)[op], stable=True)
+    xs, op, magnitude = x.contiguous()[order], op[order], magnitude.double()[order]
+    names = [OPS[i] for i in op.tolist()]
+    y, start = torch.empty_like(xs), 0
+    for family, rows in itertools.groupby(names, FAMILY.__getitem__):
+        stop = start + len(list(rows))
+        segments = tuple(_runs(names[start:stop]))
+        apply_family(xs[start:stop], family, op[start:stop], magnitude[start:stop], segments, out=y[start:stop])
+        start = stop
+    return torch.empty_like(y).index_copy_(0, order, y)
 
 
-
-# the ops that share one batched pass, by what they compute (the three passes of the module docstring): any mix
-# of one family's ops (and Identity) runs as one call of `apply_family`; Identity alone costs nothing
-TABLES = ("Brightness", "Posterize", "Solarize", "Invert", "Contrast", "AutoContrast", "Equalize")
-FAMILIES = (("Identity",), GEOMETRIC, BLENDS, TABLES)
-FAMILY = {name: family for family in FAMILIES for name in family}
-
-
-def apply_family(x: Tensor, family: tuple[str, ...], op: Tensor, magnitude: Tensor,
-                 segments: tuple[tuple[str, int, int], ...], coefficients: Tensor | None = None) -> Tensor:
-    """Image b gets OPS[op[b]], every op one of `family` (one of FAMILIES) or Identity, running only that
-    family's kernels, and each op's tables only on its own rows; the values are `apply_op`'s for the same op
-    and magnitude (the same functions).
-
-    Args:
-        x: uint8 [B, 3, H, W] contiguous NCHW. family: one of FAMILIES. op: int64 [B].
-        magnitude: float64 [B], torchvision's units.
-        segments: ((name, start, stop), ...) covering rows 0..B-1 in order: every image of rows start..stop-1
-            runs `name` or Identity (a padding row, an AutoAugment op whose coin failed). The policies know
-            them without looking at a drawn value (policy.Policy._groups): a stratum's rows are fixed.
-        coefficients: GEOMETRIC only, `grid_coefficients(op, magnitude, H, W)` if the caller has it (a policy
-            computes it for all slots at once); None = computed here.
-
-    Returns:
-        uint8 [B, 3, H, W] NCHW (x itself for the Identity family).
-    """
-    B, C, H, W = x.shape
-    if family == ("Identity",):
-        return x
-    if family == GEOMETRIC:  # the five share one gather; only their matrices differ
-        return warp_nearest(x, grid_coefficients(op, magnitude, H, W) if coefficients is None else coefficients)
-    if family == BLENDS:  # Color needs the luma only, Sharpness the blur only
-        parts = []
-        for name, a, b in segments:
-            xf = x[a:b].float()
-            degenerate = gray_floor(xf) if name == "Color" else blur_3x3(xf)
-            parts.append(blend(xf, op[a:b], magnitude[a:b], degenerate).to(torch.uint8))
-        return torch.cat(parts)
-    # TABLES: each op's table on its own rows (AutoContrast and Equalize per channel, from the histograms;
-    # Contrast from the mean luma), one lookup for them all
-    index = _pixel_index(x)  # [B*C, H*W]: the histograms and the lookup read the same pixels
-    per_channel = []  # [n*C, 256] per run of segments, in segment order
-    for histogram, run in itertools.groupby(segments, lambda segment: segment[0] in ("AutoContrast", "Equalize")):
-        if histogram:
-            for name, a, b in run:
-                hist = histograms(x[a:b], index[a * C:b * C])
-                per_channel.append((autocontrast_lut if name == "AutoContrast" else equalize_lut)(hist))
-            continue
-        values = []  # tables of the pixel value alone: one row per image, spread to the channels together
-        for name, a, b in run:
-            gray_mean = gray_floor(x[a:b].float()).sum(dim=(1, 2, 3)) / (H * W) if name == "Contrast" else None
-            values.append(value_table(name, magnitude[a:b], gray_mean))  # [n, 256]
-        per_channel.append(torch.cat(values).clamp_(0, 255).repeat_interleave(C, dim=0))
-    identity = (op == OP_ID["Identity"]).repeat_interleave(C)[:, None]  # [B*C, 1]
-    table = torch.where(identity, _values(x.device), torch.cat(per_channel)).to(torch.uint8)  # truncates
-    return torch.gather(table, 1, index).view(x.shape)
+def _runs(names: list[str]):
+    """(name, start, stop) of each run of equal names."""
+    start = 0
+    for name, same in itertools.groupby(names):
+        stop = start + len(list(same))
+        yield name, start, stop
+        start = stop
 
 
-def _values(device: torch.device) -> Tensor:
-    """float32 [256]: 0..255, the identity table (made once per device, read only)."""
-    return constant(("values", device), lambda: torch.arange(256, device=device, dtype=torch.float32))
+def _values(device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+    """[256]: 0..255, the identity table (made once per device and dtype, read only)."""
+    return constant(("values", device, dtype), lambda: torch.arange(256, device=device).to(dtype))
