@@ -58,6 +58,7 @@ VIEWS = ("loader", "model", "e2e", "run")
 SWEEP_DEFAULTS = {"batch": (64, 128, 256, 512), "workers": (1, 2, 4, 8)}
 SYNTHETIC_TEST_IMAGES = 1000  # the test split is not benchmarked; keep it small
 DEFAULT_ITERS = {"cuda": 50, "cpu": MIN_ITERS_FOR_MEDIAN}  # a CPU train step takes seconds: keep the default short
+DEFAULT_MIN_SECONDS = 2.0  # each cell times at least this long: a fast loader cell's windows alone can span 0.1 s
 console = Console()
 if not console.is_terminal:  # piped into a log: rich would wrap the tables at 80 columns
     console.width = max(console.width, 160)
@@ -104,6 +105,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "more until an epoch boundary "
                      "was crossed); the headline is overall img/s over them, the median and min-max beside it "
                      f"(default {DEFAULT_ITERS['cuda']} with CUDA, {DEFAULT_ITERS['cpu']} on a CPU)")
+    how.add_argument("--min-seconds", type=float, default=DEFAULT_MIN_SECONDS,
+                     help=f"time each cell at least this long, adding windows (default {DEFAULT_MIN_SECONDS:g}; at "
+                     "32 px the iters windows of a fast loader can span a tenth of a second, which one slow spell "
+                     "of a shared machine skews; 0 = the windows alone)")
     how.add_argument("--warmup", type=int, default=3,
                      help="warm-up before measuring: the first batch plus WARMUP-1 windows, timed on their own "
                      "(default 3)")
@@ -299,7 +304,8 @@ def _settings(args: argparse.Namespace, device: torch.device, root: Path, cfg: C
         workers=_pick(args.workers, cfg.data.workers), model=_pick(args.model, cfg.model.name),
         cifar_stem=_pick(args.cifar_stem, cfg.model.cifar_stem), amp=_pick(args.amp, cfg.train.amp),
         compile=_pick(args.compile, cfg.train.compile), channels_last=cfg.train.channels_last,
-        iters=args.iters, warmup=args.warmup, seed=args.seed, timed_epochs=args.timed_epochs, base=base,
+        iters=args.iters, warmup=args.warmup, seed=args.seed, timed_epochs=args.timed_epochs,
+        min_seconds=args.min_seconds, base=base,
     )
 
 

@@ -78,7 +78,7 @@ class Scale:
 def scale(plan: str, dry_run: bool) -> Scale:
     if dry_run:
         tiny = ("--device", "cpu", "--batch-size", "8", "--model", "resnet10t", "--iters", "2", "--warmup", "1",
-                "--workers", "1", "--no-compile", "--amp", "none")
+                "--min-seconds", "0", "--workers", "1", "--no-compile", "--amp", "none")
         train = ("--device", "cpu", "--no-compile", "--set", "data.batch_size=32", "--set", "augment.image_size=32",
                  "--set", "train.amp=none", "--set", "model.name=resnet10t", "--set", "data.workers=1")
         return Scale(True, 32, 64, 32, (32,), tiny, train)

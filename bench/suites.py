@@ -29,6 +29,9 @@ back in microseconds, the next one waits for a whole worker round. Timing single
 swing between the two; a window of workers x prefetch batches (the most a loader holds ready) spans a full round.
 A step that is slow anyway (a CPU train step: the queue stays full) closes its window alone, so slow views stay
 short. Warm-up is the first batch plus `warmup - 1` windows, which also drains the batches prefetched at start.
+Windows continue until the cell has timed at least `min_seconds`: at 32 px `iters` windows of a fast loader can
+span a tenth of a second, shorter than a shared machine's slow spells, so repeats of such a cell would differ by
+whatever spell they hit.
 """
 
 from __future__ import annotations
@@ -87,12 +90,15 @@ class BenchSettings:
     warmup: int = 3  # warm-up: the first batch plus warmup - 1 windows, timed on their own
     seed: int = 0
     timed_epochs: int = 0  # time at least this many whole epochs of batches (0 = iters windows + one boundary)
+    min_seconds: float = 0.0  # time each cell at least this long (more windows; the CLI asks 2 s)
     base: dict = field(default_factory=dict)  # config mapping each cell starts from (bench defaults, or --config)
 
     def __post_init__(self) -> None:
         if self.iters < 1 or self.warmup < 1:
             raise FastcifarError(f"--iters ({self.iters}) and --warmup ({self.warmup}) must be at least 1; "
                                  "pass larger values.")
+        if not 0 <= self.min_seconds < float("inf"):
+            raise FastcifarError(f"--min-seconds ({self.min_seconds}) must be a finite number >= 0; pass e.g. 2.")
         if self.amp not in AMP_DTYPES:
             raise FastcifarError(f"Unknown --amp '{self.amp}'; choose {', '.join(AMP_DTYPES)}.")
 
@@ -238,16 +244,18 @@ def loader_window(cfg: Config, batches_per_epoch: int) -> int:
 
 
 def _windows(step: Callable[[], object], count: int, window: int, clock: IterationClock | None = None,
-             more: Callable[[], bool] | None = None) -> list[int]:
-    """Run `count` windows of `step()` (one batch each), then more while `more()` says so; each window closes after
-    `window` batches or MIN_WINDOW_S.
+             more: Callable[[], bool] | None = None, min_seconds: float = 0.0) -> list[int]:
+    """Run `count` windows of `step()` (one batch each), then more while `more()` says so or until `min_seconds`
+    have passed; each window closes after `window` batches or MIN_WINDOW_S.
 
     Marks `clock` at every window boundary when given. Returns the number of batches of each window.
     """
     sizes = []
     if clock is not None:
         clock.mark()
-    while len(sizes) < count or (more is not None and more()):
+    begin = time.perf_counter()  # host time: on CUDA it runs ahead of the device by at most the queued work
+    while (len(sizes) < count or (more is not None and more())
+           or time.perf_counter() - begin < min_seconds):
         start, done = time.perf_counter(), 0
         while done == 0 or (done < window and time.perf_counter() - start < MIN_WINDOW_S):
             step()
@@ -281,7 +289,8 @@ def _timed(step: Callable[[], object], settings: BenchSettings, device: torch.de
            on_measure_start: Callable[[], None] | None = None, pipe: Pipeline | None = None,
            skip: Callable[[], object] | None = None) -> dict:
     """Warm up, then time `settings.iters` windows of `step()`, more while a loader's `pipe` has not crossed an
-    epoch boundary (or `settings.timed_epochs` whole epochs) inside the timed region.
+    epoch boundary (or `settings.timed_epochs` whole epochs) inside the timed region, and until the timed region
+    spans `settings.min_seconds`.
 
     Returns first_s (the first batch/step alone: worker start, JIT, pipeline build, compile), warmup_s (first
     batch + warmup - 1 windows), position_s (advancing the loader to near its epoch end), seconds and batches per
@@ -320,10 +329,10 @@ def _timed(step: Callable[[], object], settings: BenchSettings, device: torch.de
             return short and counted["n"] < cap
 
         meter.start()
-        batches = _windows(step_counted, settings.iters, window, clock, more)
+        batches = _windows(step_counted, settings.iters, window, clock, more, settings.min_seconds)
     else:
         meter.start()
-        batches = _windows(step, settings.iters, window, clock)
+        batches = _windows(step, settings.iters, window, clock, min_seconds=settings.min_seconds)
     seconds = clock.seconds()  # synchronizes
     out = {"first_s": first, "warmup_s": warm, "position_s": position_s, "seconds": seconds, "batches": batches,
            "cpu": meter.stop(), "torch_threads": torch.get_num_threads(), "epoch_boundaries": None,

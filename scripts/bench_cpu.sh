@@ -31,14 +31,16 @@ out=${out:-bench/results/cpu-$(hostname)-$(date +%F)}
 fc=".venv/bin/fastcifar"; py=".venv/bin/python"
 [ -x "$fc" ] || { fc=fastcifar; py=python3; }
 if [ "$tiny" = 1 ]; then
-  images=256; common=(--batch-size 16 --iters 2 --warmup 1 --workers 1); model=(--model resnet10t); sizes=32,64
+  images=256; common=(--batch-size 16 --iters 2 --warmup 1 --workers 1 --min-seconds 0); model=(--model resnet10t)
+  sizes=32,64
   loader=("${common[@]}"); epochs=2
   big=64; cfg_shrink=(--batch-size 8 --image-sizes 64 --model resnet10t); run_images=(--run-epochs 2)
 else
   images=10000; common=(--iters 10); model=(); sizes=32,64,128,224
-  # loader-only cells: 30 windows and 6 whole epochs. With 10 windows a 32 px cell timed 0.05-0.3 s, shorter than
-  # this VM's own slow spells (a window at a third of the median, loader or not), so repeats differed up to 2x
-  loader=(--iters 30); epochs=6
+  # loader-only cells: 30 windows, at least 3 s (fastcifar bench's --min-seconds), and 6 whole epochs. With 10
+  # windows a 32 px cell timed 0.05-0.3 s, shorter than this VM's own slow spells (a window at a third of the
+  # median, loader or not), so repeats differed up to 2x
+  loader=(--iters 30 --min-seconds 3); epochs=6
   big=224; cfg_shrink=(--batch-size 32); run_images=(--run-epochs 2)
 fi
 mkdir -p "$out"

@@ -30,6 +30,7 @@ from fastcifar.bench.suites import (
 from fastcifar.bench.thresholds import INVISIBLE_RATIO, WAIT_SHARE_OF_GAP, verdict
 from fastcifar.bench.timing import CpuMeter, IterationClock, summarize, throughput
 from fastcifar.cli import main
+from fastcifar.errors import FastcifarError
 
 BATCH = 16
 ITERS = 4
@@ -109,6 +110,18 @@ def test_windows_close_after_their_batch_count_or_half_a_second():
     slow = _windows(lambda: time.sleep(0.3 * MIN_WINDOW_S / 0.5), 2, window=4, clock=clock)  # 0.3 s per step
     assert slow == [2, 2]  # 0.6 s >= MIN_WINDOW_S after two steps
     assert len(clock.seconds()) == 2 and all(s >= 2 * 0.3 * MIN_WINDOW_S / 0.5 for s in clock.seconds())
+
+
+def test_windows_continue_until_the_minimum_timed_seconds():
+    # a fast cell's iters windows can span a tenth of a second: min_seconds adds windows until the cell is long
+    from fastcifar.bench.suites import _windows
+
+    clock = IterationClock(torch.device("cpu"))
+    sizes = _windows(lambda: time.sleep(0.002), 2, window=5, clock=clock, min_seconds=0.2)
+    assert len(sizes) > 2 and sum(clock.seconds()) >= 0.2
+    assert len(_windows(lambda: time.sleep(0.002), 2, window=5, min_seconds=0)) == 2
+    with pytest.raises(FastcifarError, match="min-seconds"):
+        BenchSettings(root=Path("."), min_seconds=-1)
 
 
 def test_overall_is_all_images_over_all_time_and_the_median_leaves_a_stall_out():
@@ -254,7 +267,8 @@ def test_load_watch_reports_load_and_other_processes():
 def test_cli_end_to_end_on_prepared_root(root, tmp_path):
     out = tmp_path / "out"
     code = main(["bench", "--root", str(root), "--dataset", "cifar100", "--loaders", "gpu", "--image-sizes", "32",
-                 "--batch-size", str(BATCH), "--iters", str(ITERS), "--warmup", "1", "--model", "resnet10t",
+                 "--batch-size", str(BATCH), "--iters", str(ITERS), "--warmup", "1",
+                 "--min-seconds", "0", "--model", "resnet10t",
                  "--workers", "1", "--out", str(out), "--tag", "test"])
     assert code == 0
     files = sorted(out.iterdir())
@@ -273,7 +287,8 @@ def test_cli_end_to_end_on_prepared_root(root, tmp_path):
 def test_cli_makes_its_own_synthetic_data_and_rejects_bad_input(tmp_path):
     path = tmp_path / "b.json"
     code = main(["bench", "--views", "loader", "--loaders", "gpu", "--image-sizes", "32", "--batch-size", str(BATCH),
-                 "--iters", "2", "--warmup", "1", "--synthetic-images", "64", "--json", str(path)])
+                 "--iters", "2", "--warmup", "1",
+                 "--min-seconds", "0", "--synthetic-images", "64", "--json", str(path)])
     assert code == 0
     data = json.loads(path.read_text())
     assert data["data"]["synthetic"] is True and data["data"]["train_images"] == 64

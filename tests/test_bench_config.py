@@ -58,6 +58,7 @@ def test_config_run_measures_its_own_policy(tmp_path):
     path = tmp_path / "c.json"
     code = main(["bench", "--config", "resnet18_augment", "--views", "loader", "--loaders", "gpu",
                  "--image-sizes", "32", "--batch-size", str(BATCH), "--iters", "2", "--warmup", "1",
+                 "--min-seconds", "0",
                  "--synthetic-images", "128", "--json", str(path)])
     assert code == 0
     data = json.loads(path.read_text())
@@ -79,7 +80,8 @@ def test_timed_epochs_time_whole_epochs(prepared_root):
 def test_run_view_trains_evaluates_and_checkpoints(tmp_path):
     path = tmp_path / "r.json"
     code = main(["bench", "--views", "run", "--loaders", "gpu", "--image-sizes", "32", "--batch-size", str(BATCH),
-                 "--model", "resnet10t", "--iters", "2", "--warmup", "1", "--synthetic-images", "64",
+                 "--model", "resnet10t", "--iters", "2", "--warmup", "1",
+                 "--min-seconds", "0", "--synthetic-images", "64",
                  "--run-epochs", "2", "--json", str(path)])
     assert code == 0
     data = json.loads(path.read_text())

@@ -132,7 +132,7 @@ def test_bench_reports_custom_data(custom_root, tmp_path):
     path = tmp_path / "b.json"
     code = main(["bench", "--root", str(custom_root), "--dataset", "cifar10", "--views", "loader", "--loaders",
                  "gpu,torch,ffcv,dali", "--image-sizes", "32", "--batch-size", "250", "--iters", "2", "--warmup", "1",
-                 "--workers", "1", "--json", str(path)])
+                 "--min-seconds", "0", "--workers", "1", "--json", str(path)])
     assert code == 0
     data = json.loads(path.read_text())
     assert data["data"]["source"] == "custom" and data["data"]["synthetic"] is False
