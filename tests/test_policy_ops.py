@@ -158,3 +158,21 @@ def test_a_family_takes_its_segments_in_any_order(family, names):
     x = torch.randint(0, 256, (len(op), 3, 32, 32), dtype=torch.uint8)
     segments = tuple((name, k * group, (k + 1) * group) for k, name in enumerate(names))
     assert torch.equal(P.apply_family(x, family, op, magnitude, segments), P.apply_op(x, op, magnitude))
+
+
+@pytest.mark.parametrize("pixels", [1024, 50_000, 2**23 - 1])
+def test_equalize_table_floors_are_exact_in_float32_up_to_its_limit(pixels):
+    # equalize_lut floors float quotients; the same table in int64 floor division, on histograms of `pixels` values
+    # (random, a few bins only, one bin only), must agree entry by entry
+    g = torch.Generator().manual_seed(pixels)
+    rows = [torch.multinomial(torch.rand(256, generator=g) ** k, pixels, replacement=True, generator=g)
+            for k in (1, 8, 64)]
+    one_bin = torch.zeros(256, dtype=torch.int64).index_fill_(0, torch.tensor([7]), pixels)
+    hist = torch.stack([torch.bincount(r, minlength=256) for r in rows] + [one_bin])
+    cum = hist.cumsum(dim=1)
+    last = torch.stack([row[row.nonzero().max()] for row in hist])[:, None]
+    step = (pixels - last) // 255
+    below = torch.cat([torch.zeros_like(cum[:, :1]), cum[:, :-1]], dim=1)
+    expected = ((below + step // 2) // step.clamp(min=1)).clamp(0, 255)
+    expected = torch.where(step != 0, expected, torch.arange(256))
+    assert torch.equal(P.equalize_lut(hist.int(), pixels), expected.float())
