@@ -36,14 +36,13 @@ probability 1/2, independently per image and slot.
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
-from fastcifar.policy_ops import FAMILY, OP_ID, OPS, apply_family, apply_op, grid_coefficients
+from fastcifar.policy_ops import FAMILY, OP_ID, OPS, apply_family, apply_op, grid_coefficients, segments_of
 
 POLICIES = ("none", "randaugment", "trivialaugment", "autoaugment")
 RANDAUGMENT_BINS = 31  # torchvision's num_magnitude_bins default, for RandAugment and TrivialAugmentWide
@@ -223,11 +222,9 @@ class Policy:
                 strata = sorted((j for j, name in enumerate(names) if FAMILY[name] == family),
                                 key=lambda j: family.index(names[j]))  # one op's strata together, in family order
                 ranges += [torch.arange(j * group, (j + 1) * group, device=device) for j in strata]
-                runs = [(name, group * len(list(js))) for name, js in itertools.groupby(strata, lambda j: names[j])]
-                ends = list(itertools.accumulate(size for _, size in runs))
-                segments = tuple((name, end - size, end) for (name, size), end in zip(runs, ends))
-                groups.append((family, start, start + ends[-1], segments))
-                start += ends[-1]
+                segments = segments_of([names[j] for j in strata for _ in range(group)])
+                groups.append((family, start, start + segments[-1][2], segments))
+                start += segments[-1][2]
             self._layouts[key] = (torch.cat(ranges), groups)
         return self._layouts[key]
 

@@ -412,19 +412,20 @@ def apply_op(x: Tensor, op: Tensor, magnitude: Tensor) -> Tensor:
     y, start = torch.empty_like(xs), 0
     for family, rows in itertools.groupby(names, FAMILY.__getitem__):
         stop = start + len(list(rows))
-        segments = tuple(_runs(names[start:stop]))
+        segments = segments_of(names[start:stop])
         apply_family(xs[start:stop], family, op[start:stop], magnitude[start:stop], segments, out=y[start:stop])
         start = stop
     return torch.empty_like(y).index_copy_(0, order, y)
 
 
-def _runs(names: list[str]):
-    """(name, start, stop) of each run of equal names."""
-    start = 0
-    for name, same in itertools.groupby(names):
-        stop = start + len(list(same))
-        yield name, start, stop
+def segments_of(names: list[str]) -> tuple[tuple[str, int, int], ...]:
+    """The op of each row -> `apply_family`'s segments: (name, start, stop) of each run of equal names."""
+    segments, start = [], 0
+    for name, run in itertools.groupby(names):
+        stop = start + sum(1 for _ in run)
+        segments.append((name, start, stop))
         start = stop
+    return tuple(segments)
 
 
 def _values(device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
