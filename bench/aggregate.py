@@ -5,8 +5,8 @@ noisy the machine was while they ran.
 
 writes OUT_STEM.json and OUT_STEM.md. One run's figure on a shared VM is noise (a `torch` baseline measured
 4,326 img/s in one run and 13,974 in another); the median of three with its min-max says how far to trust it.
-Speed-ups (`vs_torch`) are taken per repeat (both loaders measured minutes apart on the same machine state) and
-then summarized the same way.
+Speed-ups (`vs_torch`) are taken per repeat (both loaders measured in the same run: one after the other, or
+interleaved with --paired) and then summarized the same way.
 """
 
 from __future__ import annotations
@@ -82,7 +82,9 @@ def to_markdown(agg: dict) -> str:
              f"- data: {agg['data']['dataset']} {agg['data']['train_images']} images"
              f"{', SYNTHETIC stand-in' if agg['data']['synthetic'] else ''}",
              "- img/s overall: median of the repeats (min–max over repeats); each repeat's figure is all timed "
-             "images / all timed time, epoch boundaries included. vs torch: per repeat, then the median (range).",
+             "images / all timed time, epoch boundaries included. vs torch: per repeat, then the median (range)"
+             + ("; within a repeat the loaders were PAIRED, timed in alternating segments of one run (--paired)."
+                if prov["settings"].get("paired") else "."),
              "- overall / median: each repeat's overall img/s over its window median (1.0 = no stall costs anything), "
              "then the median (range) over repeats.",
              f"- noisy: the repeats' range exceeds {REPEAT_SPREAD_NOTE:.0%} of their median.", "",

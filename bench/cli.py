@@ -29,6 +29,7 @@ import torch
 from rich.console import Console
 
 from fastcifar.bench import report
+from fastcifar.bench.paired import loader_paired
 from fastcifar.bench.provenance import LoadWatch, collect
 from fastcifar.bench.run_view import DEFAULT_RUN_EPOCHS, real_run
 from fastcifar.bench.suites import (
@@ -109,6 +110,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help=f"time each cell at least this long, adding windows (default {DEFAULT_MIN_SECONDS:g}; at "
                      "32 px the iters windows of a fast loader can span a tenth of a second, which one slow spell "
                      "of a shared machine skews; 0 = the windows alone)")
+    how.add_argument("--paired", action="store_true",
+                     help="loader view: time the loaders of each image size in alternating segments of one run "
+                     "instead of one cell after another, so a slow spell of a shared machine slows all of them "
+                     "alike and their ratios (vs torch) compare like with like")
     how.add_argument("--warmup", type=int, default=3,
                      help="warm-up before measuring: the first batch plus WARMUP-1 windows, timed on their own "
                      "(default 3)")
@@ -272,6 +277,24 @@ def _plan(args: argparse.Namespace, device: torch.device, variants: list[str],
 # ---------------------------------------------------------------------------- running
 
 
+def paired_cells(cells: list) -> list:
+    """--paired: the loader cells of one image size and sweep value become one cell whose variant is the tuple of
+    their loaders, measured together (bench/paired.py) where the first of them stood; other cells stay."""
+    groups: dict[tuple, list[str]] = {}
+    for view, variant, size, over in cells:
+        if view == "loader":
+            groups.setdefault((size, tuple(sorted(over.items()))), []).append(variant)
+    out, placed = [], set()
+    for view, variant, size, over in cells:
+        key = (size, tuple(sorted(over.items())))
+        if view != "loader" or len(groups[key]) == 1:
+            out.append((view, variant, size, over))
+        elif key not in placed:
+            placed.add(key)
+            out.append((view, tuple(groups[key]), size, over))
+    return out
+
+
 def bench_defaults(device: torch.device) -> dict:
     """The config mapping the bench measures without --config (the defaults of every release so far)."""
     cuda = device.type == "cuda"
@@ -305,7 +328,7 @@ def _settings(args: argparse.Namespace, device: torch.device, root: Path, cfg: C
         cifar_stem=_pick(args.cifar_stem, cfg.model.cifar_stem), amp=_pick(args.amp, cfg.train.amp),
         compile=_pick(args.compile, cfg.train.compile), channels_last=cfg.train.channels_last,
         iters=args.iters, warmup=args.warmup, seed=args.seed, timed_epochs=args.timed_epochs,
-        min_seconds=args.min_seconds, base=base,
+        min_seconds=args.min_seconds, paired=args.paired, base=base,
     )
 
 
@@ -324,11 +347,19 @@ def _measure(cells: list, base: BenchSettings, info, skipped: list, failed: list
     for number, (view, variant, size, over) in enumerate(cells, 1):
         torch.set_num_threads(threads)  # a backend that changed it (ffcv does, per loader) must not carry over
         settings = replace(base, **over)
-        label = f"[{number}/{len(cells)}] {view} {variant or settings.model} {size}px batch {settings.batch_size}" + (
-            f" workers {settings.workers}" if "workers" in over else "")
+        paired = isinstance(variant, tuple)
+        name = "+".join(variant) if paired else variant or settings.model
+        label = f"[{number}/{len(cells)}] {view} {name} {size}px batch {settings.batch_size}" + (
+            f" workers {settings.workers}" if "workers" in over else "") + (" paired" if paired else "")
         try:
             with console.status(f"measuring {label} ..."):
-                if view == "model":
+                if paired:
+                    new_rows, skips = loader_paired(settings, variant, size, info)
+                    for skip in skips:
+                        skipped.append(skip)
+                        console.print(f"[yellow]skipped[/] {label} {skip['loader']}: {skip['reason']}",
+                                      highlight=False)
+                elif view == "model":
                     row = model_only(settings, size, info)
                     ceilings[(size, settings.batch_size)] = row["img_s"]
                 elif view == "loader":
@@ -352,20 +383,26 @@ def _measure(cells: list, base: BenchSettings, info, skipped: list, failed: list
                            "reason": f"{type(error).__name__}: {error}"})
             console.print(f"[bold red]failed[/] {label}: {type(error).__name__}: {error}", highlight=False)
             continue
-        extra = ""
-        if view in ("e2e", "run"):
-            waits = [f"{name} {100 * row[key]:.0f} %" for name, key in (("host wait", "data_wait_share"),
-                     ("device idle", "device_wait_share")) if row.get(key) is not None]
-            extra = f" · ratio {row['ratio']:.2f} · {' · '.join(waits)}" + (
-                f" · {row['verdict']}" if "verdict" in row else "")
-        if row.get("epoch_boundaries") is not None:
-            extra += f" · {row['epoch_boundaries']} epoch boundar{'y' if row['epoch_boundaries'] == 1 else 'ies'} timed"
-        console.print(f"{label}: {row['img_s']:,.0f} img/s overall (warm-up {row['warmup_s']:.1f} s){extra}",
-                      highlight=False)
-        rows.append(row)
-        if on_row is not None:
-            on_row(rows)
+        for measured in new_rows if paired else [row]:
+            _print_row(f"{label} {measured['loader']}" if paired else label, view, measured)
+            rows.append(measured)
+            if on_row is not None:
+                on_row(rows)
     return rows
+
+
+def _print_row(label: str, view: str, row: dict) -> None:
+    """One measured row on the console: img/s overall, warm-up, ratio and waits, epoch boundaries timed."""
+    extra = ""
+    if view in ("e2e", "run"):
+        waits = [f"{name} {100 * row[key]:.0f} %" for name, key in (("host wait", "data_wait_share"),
+                 ("device idle", "device_wait_share")) if row.get(key) is not None]
+        extra = f" · ratio {row['ratio']:.2f} · {' · '.join(waits)}" + (
+            f" · {row['verdict']}" if "verdict" in row else "")
+    if row.get("epoch_boundaries") is not None:
+        extra += f" · {row['epoch_boundaries']} epoch boundar{'y' if row['epoch_boundaries'] == 1 else 'ies'} timed"
+    console.print(f"{label}: {row['img_s']:,.0f} img/s overall (warm-up {row['warmup_s']:.1f} s){extra}",
+                  highlight=False)
 
 
 def run_bench(args: argparse.Namespace) -> dict:
@@ -407,6 +444,8 @@ def run_bench(args: argparse.Namespace) -> dict:
                     f"run `fastcifar data prepare {args.dataset} --formats {fmt}"
                     f" --root {root}`.")})
             cells = [c for c in cells if not c[1] or FORMATS[VARIANTS[c[1]][0]] not in missing]
+        if args.paired:
+            cells = paired_cells(cells)  # after every filter above, which reads one loader per cell
         settings = _settings(args, device, root, cfg, base)
         info = data_info(settings)
         for item in skipped:

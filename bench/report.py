@@ -149,7 +149,8 @@ def _headline(result: dict) -> list[str]:
         f"batch {settings['batch_size']} · workers/threads {settings['workers']} · model {settings['model']}"
         f" (cifar_stem {settings['cifar_stem']}) · amp {settings['amp']} · compile {settings['compile']}"
         f" · {settings['iters']} measured iters (at least {settings.get('min_seconds', 0):g} s) after"
-        f" {settings['warmup']} warm-up · augment policy {policy}",
+        f" {settings['warmup']} warm-up · augment policy {policy}"
+        + (" · loaders PAIRED: timed in alternating segments of one run" if settings.get("paired") else ""),
         f"what is measured: {source}",
     ]
     if load:

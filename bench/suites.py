@@ -91,6 +91,7 @@ class BenchSettings:
     seed: int = 0
     timed_epochs: int = 0  # time at least this many whole epochs of batches (0 = iters windows + one boundary)
     min_seconds: float = 0.0  # time each cell at least this long (more windows; the CLI asks 2 s)
+    paired: bool = False  # loader view: the loaders of one size timed in alternating segments (bench/paired.py)
     base: dict = field(default_factory=dict)  # config mapping each cell starts from (bench defaults, or --config)
 
     def __post_init__(self) -> None:
@@ -285,17 +286,11 @@ def _position(pipe: Pipeline, skip: Callable[[], object], step: Callable[[], obj
     return time.perf_counter() - start
 
 
-def _timed(step: Callable[[], object], settings: BenchSettings, device: torch.device, window: int,
-           on_measure_start: Callable[[], None] | None = None, pipe: Pipeline | None = None,
-           skip: Callable[[], object] | None = None) -> dict:
-    """Warm up, then time `settings.iters` windows of `step()`, more while a loader's `pipe` has not crossed an
-    epoch boundary (or `settings.timed_epochs` whole epochs) inside the timed region, and until the timed region
-    spans `settings.min_seconds`.
-
-    Returns first_s (the first batch/step alone: worker start, JIT, pipeline build, compile), warmup_s (first
-    batch + warmup - 1 windows), position_s (advancing the loader to near its epoch end), seconds and batches per
-    timed window, the epoch boundaries and their fetch seconds inside the timed region, and its CPU use.
-    """
+def warm_up(step: Callable[[], object], settings: BenchSettings, device: torch.device, window: int,
+            pipe: Pipeline | None = None, skip: Callable[[], object] | None = None) -> dict:
+    """The untimed start of a cell: the first batch/step alone, `settings.warmup - 1` windows, and a loader's `pipe`
+    advanced to near the end of its epoch (`_position`). Returns first_s, warmup_s (first + windows) and
+    position_s."""
     start = time.perf_counter()
     step()
     synchronize(device)
@@ -309,6 +304,21 @@ def _timed(step: Callable[[], object], settings: BenchSettings, device: torch.de
                else min(window, max(1, int(MIN_WINDOW_S / max(first, 1e-6)))))
         position_s = _position(pipe, skip or step, step, settings, window, est)
         synchronize(device)
+    return {"first_s": first, "warmup_s": warm, "position_s": position_s}
+
+
+def _timed(step: Callable[[], object], settings: BenchSettings, device: torch.device, window: int,
+           on_measure_start: Callable[[], None] | None = None, pipe: Pipeline | None = None,
+           skip: Callable[[], object] | None = None) -> dict:
+    """Warm up, then time `settings.iters` windows of `step()`, more while a loader's `pipe` has not crossed an
+    epoch boundary (or `settings.timed_epochs` whole epochs) inside the timed region, and until the timed region
+    spans `settings.min_seconds`.
+
+    Returns first_s (the first batch/step alone: worker start, JIT, pipeline build, compile), warmup_s (first
+    batch + warmup - 1 windows), position_s (advancing the loader to near its epoch end), seconds and batches per
+    timed window, the epoch boundaries and their fetch seconds inside the timed region, and its CPU use.
+    """
+    warm = warm_up(step, settings, device, window, pipe, skip)
     if on_measure_start is not None:
         on_measure_start()
     clock, meter = IterationClock(device), CpuMeter()
@@ -334,9 +344,8 @@ def _timed(step: Callable[[], object], settings: BenchSettings, device: torch.de
         meter.start()
         batches = _windows(step, settings.iters, window, clock, min_seconds=settings.min_seconds)
     seconds = clock.seconds()  # synchronizes
-    out = {"first_s": first, "warmup_s": warm, "position_s": position_s, "seconds": seconds, "batches": batches,
-           "cpu": meter.stop(), "torch_threads": torch.get_num_threads(), "epoch_boundaries": None,
-           "boundary_fetch_s": []}
+    out = {**warm, "seconds": seconds, "batches": batches, "cpu": meter.stop(),
+           "torch_threads": torch.get_num_threads(), "epoch_boundaries": None, "boundary_fetch_s": []}
     if pipe is not None:
         out.update(epoch_boundaries=pipe.epoch - epoch0, boundary_fetch_s=pipe.boundary_fetch_s[fetches0:],
                    batches_per_epoch=len(pipe))
@@ -409,9 +418,15 @@ def loader_only(settings: BenchSettings, variant: str, image_size: int, info) ->
         fields = _loader_fields(variant, pipe)
     finally:
         pipe.close()
-    _check_ready(last["x"], settings.batch_size, image_size, input_dtype(cfg.train.amp))
+    return loader_row(settings, variant, image_size, timed, window, fields, last["x"], build_s)
+
+
+def loader_row(settings: BenchSettings, variant: str, image_size: int, timed: dict, window: int, fields: dict,
+               x: torch.Tensor, build_s: float) -> dict:
+    """A loader-only row from its timing (`_timed`'s fields), after checking the last batch `x` is model-ready."""
+    _check_ready(x, settings.batch_size, image_size, input_dtype(settings.amp))
     row = _row("loader", settings, variant, image_size, timed, window)
-    return {**row, **fields, "out_dtype": str(last["x"].dtype).replace("torch.", ""),
+    return {**row, **fields, "out_dtype": str(x.dtype).replace("torch.", ""),
             "build_s": build_s, "first_batch_s": timed["first_s"], "warmup_s": build_s + timed["warmup_s"]}
 
 

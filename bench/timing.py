@@ -149,3 +149,26 @@ class CpuMeter:
             "cpu_pct_one_core": one_core,
             "cpu_pct_all_cores": one_core / usable_cores(),
         }
+
+
+QUIESCE_POLL_S = 0.02
+QUIESCE_IDLE_SHARE = 0.2  # of one core: a poll's own /proc walk stays below it, one busy worker is far above
+QUIESCE_TIMEOUT_S = 5.0
+
+
+def quiesce(timeout: float = QUIESCE_TIMEOUT_S) -> float:
+    """Wait until the process tree works no more in the background: the CPU time of this process and its
+    children grows by under QUIESCE_IDLE_SHARE of the wall time over one poll (the calling thread sleeps, so
+    what grows is other threads and processes: a loader's workers finishing the batches it prefetched).
+
+    Returns the seconds waited; gives up after `timeout` (a loader that never idles is measured as it is).
+    """
+    start = wall = time.perf_counter()
+    cpu = process_cpu_seconds()
+    while wall - start < timeout:
+        time.sleep(QUIESCE_POLL_S)
+        now, cpu_now = time.perf_counter(), process_cpu_seconds()
+        if cpu_now - cpu < QUIESCE_IDLE_SHARE * (now - wall):
+            return now - start
+        wall, cpu = now, cpu_now
+    return time.perf_counter() - start

@@ -14,8 +14,10 @@
 #   dali-boundary-rep{1,2,3}, -median3   DALI loader-only at 32 and 224 px over whole epochs (boundaries included
 #                      and counted), three repeats and their median (overall / window median per repeat)
 #   randaugment-rep{1,2,3}, -median3     `--set augment.policy=randaugment`, loader-only gpu vs torch at 32 and
-#                      224 px, three repeats and their median
-#   trivialaugment, autoaugment          the same, one run each (what each policy costs per batch)
+#                      224 px, PAIRED (--paired: the two timed in alternating segments of one run, so a slow spell
+#                      of this VM slows both alike and the ratio is a like-for-like comparison), three repeats and
+#                      their median
+#   trivialaugment, autoaugment          the same, paired, one run each (what each policy costs per batch)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="" tiny=0 policy=1
@@ -78,9 +80,9 @@ done
 
 if [ "$policy" = 1 ]; then
   for rep in 1 2 3; do
-    stamp "--set augment.policy=randaugment: loader-only gpu vs torch at 32 and $big px, repeat $rep"
+    stamp "--set augment.policy=randaugment: loader-only gpu vs torch paired at 32 and $big px, repeat $rep"
     if ! bench --set augment.policy=randaugment --views loader --loaders gpu,torch --image-sizes "32,$big" \
-        "${loader[@]}" --json "$out/randaugment-rep$rep.json" --markdown "$out/randaugment-rep$rep.md" \
+        "${loader[@]}" --paired --json "$out/randaugment-rep$rep.json" --markdown "$out/randaugment-rep$rep.md" \
         > "$out/randaugment.log" 2>&1; then
       echo "  the randaugment section did not run (is augment.policy in this tree's config schema?):"
       tail -3 "$out/randaugment.log" | sed 's/^/    /'
@@ -91,9 +93,9 @@ if [ "$policy" = 1 ]; then
   [ -f "$out/randaugment-rep3.json" ] &&
     "$py" -m fastcifar.bench.aggregate "$out/randaugment-median3" "$out"/randaugment-rep{1,2,3}.json
   for policy_name in trivialaugment autoaugment; do
-    stamp "--set augment.policy=$policy_name: loader-only gpu vs torch at 32 and $big px"
+    stamp "--set augment.policy=$policy_name: loader-only gpu vs torch paired at 32 and $big px"
     bench --set augment.policy=$policy_name --views loader --loaders gpu,torch --image-sizes "32,$big" "${loader[@]}" \
-      --json "$out/$policy_name.json" --markdown "$out/$policy_name.md" >/dev/null
+      --paired --json "$out/$policy_name.json" --markdown "$out/$policy_name.md" >/dev/null
   done
 fi
 stamp "done: $out"
