@@ -8,6 +8,7 @@ One clock per device kind, so the suites never branch on the device:
 
 CPU utilisation is the CPU time the process, its live DataLoader workers and its reaped children used over the
 measured region, divided by the region's wall time: 100 % = one core busy, and `cpu_pct_all` = that / cores.
+`quiesce` waits until that CPU time stops growing: a paired cell's loaders start each segment on an idle tree.
 """
 
 from __future__ import annotations

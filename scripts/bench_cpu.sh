@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The committed CPU result set in one command (~8 min on an idle 2-core machine). Run it on a clean tree, with
+# The committed CPU result set in one command (~15 min on an idle 2-core machine). Run it on a clean tree, with
 # nothing else running, and commit OUT: every figure the README quotes comes from these files.
 #   bash scripts/bench_cpu.sh [OUT] [--tiny] [--no-policy]
 #     OUT          default bench/results/cpu-<hostname>-<date>
