@@ -6,7 +6,9 @@
 #     --tiny       the same sections at tiny sizes (a few minutes; to check the script, never to commit)
 #     --no-policy  leave out the `--set augment.policy=randaugment` section (needs the augment.policy key)
 # Sections, each a `fastcifar bench` run on one prepared synthetic root (content does not affect throughput):
-#   loader-rep{1,2,3}  default loader view, all four loaders, 32/64/128/224 px, three repeats
+#   loader-rep{1,2,3}  default loader view, all four loaders, 32/64/128/224 px, paired (--paired: the loaders of
+#                      each size timed in alternating segments of one run, so a slow spell of this VM slows all of
+#                      them alike and "vs torch" compares like with like), three repeats
 #   loader-median3     their median with the range over repeats, and the machine's load per repeat
 #   config-resnet18_arcface_224  that config's own policy, model and head at its 224 px, SHRUNK for a CPU:
 #                      batch 32, no compile, amp none (the config asks for bf16 + compile and batch 250)
@@ -14,9 +16,7 @@
 #   dali-boundary-rep{1,2,3}, -median3   DALI loader-only at 32 and 224 px over whole epochs (boundaries included
 #                      and counted), three repeats and their median (overall / window median per repeat)
 #   randaugment-rep{1,2,3}, -median3     `--set augment.policy=randaugment`, loader-only gpu vs torch at 32 and
-#                      224 px, PAIRED (--paired: the two timed in alternating segments of one run, so a slow spell
-#                      of this VM slows both alike and the ratio is a like-for-like comparison), three repeats and
-#                      their median
+#                      224 px, paired, three repeats and their median
 #   trivialaugment, autoaugment          the same, paired, one run each (what each policy costs per batch)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,8 +57,8 @@ stamp "data: SYNTHETIC cifar100, $images train images, all formats, under $root"
 bench() { "$fc" bench --root "$root" --device cpu "$@"; }
 
 for rep in 1 2 3; do
-  stamp "loader view, repeat $rep"
-  bench --views loader --loaders gpu,torch,ffcv,dali --image-sizes "$sizes" "${loader[@]}" \
+  stamp "loader view (paired), repeat $rep"
+  bench --views loader --loaders gpu,torch,ffcv,dali --image-sizes "$sizes" "${loader[@]}" --paired \
     --json "$out/loader-rep$rep.json" --markdown "$out/loader-rep$rep.md" >/dev/null
 done
 "$py" -m fastcifar.bench.aggregate "$out/loader-median3" "$out"/loader-rep{1,2,3}.json
