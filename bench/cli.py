@@ -113,7 +113,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--paired", action="store_true",
                      help="loader view: time the loaders of each image size in alternating segments of one run "
                      "instead of one cell after another, so a slow spell of a shared machine slows all of them "
-                     "alike and their ratios (vs torch) compare like with like")
+                     "alike and their ratios (vs torch) compare like with like; ffcv, which slows other loaders "
+                     "in its process, is still timed on its own")
     how.add_argument("--warmup", type=int, default=3,
                      help="warm-up before measuring: the first batch plus WARMUP-1 windows, timed on their own "
                      "(default 3)")
@@ -279,15 +280,20 @@ def _plan(args: argparse.Namespace, device: torch.device, variants: list[str],
 
 def paired_cells(cells: list) -> list:
     """--paired: the loader cells of one image size and sweep value become one cell whose variant is the tuple of
-    their loaders, measured together (bench/paired.py) where the first of them stood; other cells stay."""
+    their loaders, measured together (bench/paired.py) where the first of them stood; other cells stay, and so
+    does a loader that cannot share the process (LoaderSpec.shares_process: ffcv), measured on its own."""
+
+    def pairs(view: str, variant: str) -> bool:
+        return view == "loader" and LOADERS[VARIANTS[variant][0]].shares_process
+
     groups: dict[tuple, list[str]] = {}
     for view, variant, size, over in cells:
-        if view == "loader":
+        if pairs(view, variant):
             groups.setdefault((size, tuple(sorted(over.items()))), []).append(variant)
     out, placed = [], set()
     for view, variant, size, over in cells:
         key = (size, tuple(sorted(over.items())))
-        if view != "loader" or len(groups[key]) == 1:
+        if not pairs(view, variant) or len(groups[key]) == 1:
             out.append((view, variant, size, over))
         elif key not in placed:
             placed.add(key)

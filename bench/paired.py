@@ -12,7 +12,8 @@ back what the loader prefetched while idle (never past its epoch's end: the boun
 an ordinary loader-only row over all its segments, with `paired` and the img/s of each segment beside it.
 
 Rounds continue until every loader timed `iters` windows, its epoch boundaries (as `suites._timed` asks) and
-`min_seconds` in all; each segment lasts min_seconds / MIN_ROUNDS (at least one window).
+`min_seconds` in all; each segment lasts min_seconds / MIN_ROUNDS (at least one window). A loader that slows the
+others merely by being built (`LoaderSpec.shares_process`: ffcv) is left out of the pairing and timed on its own.
 """
 
 from __future__ import annotations

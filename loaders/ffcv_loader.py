@@ -49,6 +49,7 @@ from fastcifar.loaders.base import (
 )
 
 ORDERS = {"random": "RANDOM", "quasi_random": "QUASI_RANDOM", "sequential": "SEQUENTIAL"}
+EPOCH_THREAD_JOIN_S = 5.0  # the most a closed epoch waits for ffcv's thread: a bound, ffcv's poll is 0.5 s
 
 
 class FfcvLoader:
@@ -80,6 +81,10 @@ class FfcvLoader:
             yield from batches
         finally:  # a consumer that stops early (bench, early stop) must not leak ffcv's epoch thread and buffers
             batches.close()
+            # wait for the thread to see the close (it polls every 0.5 s while its queue is full): a daemon thread
+            # still freeing its tensors when the interpreter exits is killed inside torch's C++ dealloc, and the
+            # process aborts ("terminate called without an active exception", exit 134) after its work is done
+            batches.join(timeout=EPOCH_THREAD_JOIN_S)
 
 
 @contextmanager

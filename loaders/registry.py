@@ -24,6 +24,10 @@ class LoaderSpec:
             ones also get a "NAME-native" benchmark variant.
         takes_indices: serves a subset of a split (the held-out `data.val_split`).
         description: one line for docs and help.
+        shares_process: can stay built next to another loader in one process without slowing it, as a paired
+            bench cell keeps them (bench/paired.py). Not ffcv: with an idle ffcv Loader alive in the process
+            (numba's TBB threads asleep), the gpu loader's torch ops on 2 threads ran 1.5-3x slower, at 90-128 %
+            CPU instead of 198 %, while on 1 thread they kept their speed.
     """
 
     name: str
@@ -34,6 +38,7 @@ class LoaderSpec:
     native_ops: frozenset[str]
     takes_indices: bool
     description: str
+    shares_process: bool = True
 
 
 LOADERS: dict[str, LoaderSpec] = {spec.name: spec for spec in (
@@ -42,7 +47,7 @@ LOADERS: dict[str, LoaderSpec] = {spec.name: spec for spec in (
     LoaderSpec("torch", "fastcifar.loaders.torch_loader", "npy", None, None, frozenset(), True,
                "DataLoader workers with per-image CPU transforms (the baseline)"),
     LoaderSpec("ffcv", "fastcifar.loaders.ffcv_loader", "ffcv", "ffcv", "ffcv", frozenset({"hflip", "crop"}), True,
-               ".beton decoded by ffcv's numba-JIT pipeline on CPU threads"),
+               ".beton decoded by ffcv's numba-JIT pipeline on CPU threads", shares_process=False),
     LoaderSpec("dali", "fastcifar.loaders.dali_loader", "dali", "nvidia.dali", "dali", frozenset({"hflip", "crop"}),
                True, "webdataset shards through one persistent DALI pipeline (decode on the GPU)"),
 )}

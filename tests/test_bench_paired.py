@@ -35,9 +35,11 @@ def test_quiesce_waits_while_a_child_works_and_not_when_idle():
 
 def test_paired_cells_group_the_loaders_of_each_size_in_place():
     cells = [("loader", "gpu", 32, {}), ("loader", "gpu", 64, {}), ("loader", "torch", 32, {}),
-             ("loader", "torch", 64, {}), ("model", None, 32, {}), ("loader", "dali", 224, {})]
+             ("loader", "torch", 64, {}), ("loader", "ffcv", 32, {}), ("model", None, 32, {}),
+             ("loader", "dali", 224, {})]
     assert paired_cells(cells) == [("loader", ("gpu", "torch"), 32, {}), ("loader", ("gpu", "torch"), 64, {}),
-                                   ("model", None, 32, {}), ("loader", "dali", 224, {})]  # alone: unpaired
+                                   ("loader", "ffcv", 32, {}),  # slows other loaders in its process: on its own
+                                   ("model", None, 32, {}), ("loader", "dali", 224, {})]  # alone at its size
 
 
 def test_paired_loaders_alternate_each_leading_in_turn(prepared_root, tmp_path):
