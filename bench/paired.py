@@ -32,10 +32,9 @@ from fastcifar.bench.suites import (
     make_config,
     warm_up,
 )
-from fastcifar.bench.timing import CpuMeter, IterationClock, quiesce
+from fastcifar.bench.timing import CpuMeter, IterationClock, cpu_use, quiesce
 from fastcifar.engine.precision import synchronize
 from fastcifar.errors import FastcifarError
-from fastcifar.loaders.base import usable_cores
 
 MIN_ROUNDS = 4  # rounds at least: each of two loaders leads twice
 
@@ -52,6 +51,7 @@ class Leg:
         self.segment_start_s: list[float] = []  # perf_counter at each segment's first timed window
         self.boundaries, self.boundary_fetch_s = 0, []
         self.cpu_s = self.wall_s = self.quiesce_s = 0.0
+        self.torch_threads = torch.get_num_threads()
         self.warm: dict = {}
 
     def step(self) -> None:
@@ -81,6 +81,7 @@ class Leg:
         self.boundary_fetch_s += self.pipe.boundary_fetch_s[fetches0:]
         self.cpu_s += cpu["cpu_s"]
         self.wall_s += cpu["wall_s"]
+        self.torch_threads = torch.get_num_threads()  # during its own segments (ffcv-like backends change it)
 
     def done(self, settings: BenchSettings) -> bool:
         """Timed enough: `iters` windows and the epoch boundaries and batches `suites._timed` asks, or the cap of
@@ -94,11 +95,8 @@ class Leg:
 
     def timed(self) -> dict:
         """The fields `suites._row` reads, as `suites._timed` returns them for an unpaired cell."""
-        one_core = 100.0 * self.cpu_s / max(self.wall_s, 1e-9)
-        cpu = {"wall_s": self.wall_s, "cpu_s": self.cpu_s, "cpu_pct_one_core": one_core,
-               "cpu_pct_all_cores": one_core / usable_cores()}
-        return {**self.warm, "seconds": self.seconds, "batches": self.batches, "cpu": cpu,
-                "torch_threads": torch.get_num_threads(), "epoch_boundaries": self.boundaries,
+        return {**self.warm, "seconds": self.seconds, "batches": self.batches, "cpu": cpu_use(self.cpu_s, self.wall_s),
+                "torch_threads": self.torch_threads, "epoch_boundaries": self.boundaries,
                 "boundary_fetch_s": self.boundary_fetch_s, "batches_per_epoch": len(self.pipe)}
 
 

@@ -141,15 +141,14 @@ class CpuMeter:
         self._cpu0 = process_cpu_seconds()
 
     def stop(self) -> dict:
-        cpu = max(process_cpu_seconds() - self._cpu0, 0.0)
-        wall = time.perf_counter() - self._wall0
-        one_core = 100.0 * cpu / max(wall, 1e-9)
-        return {
-            "wall_s": wall,
-            "cpu_s": cpu,
-            "cpu_pct_one_core": one_core,
-            "cpu_pct_all_cores": one_core / usable_cores(),
-        }
+        return cpu_use(max(process_cpu_seconds() - self._cpu0, 0.0), time.perf_counter() - self._wall0)
+
+
+def cpu_use(cpu_s: float, wall_s: float) -> dict:
+    """`CpuMeter.stop`'s fields for `cpu_s` CPU seconds over `wall_s` (one region, or the sum of several)."""
+    one_core = 100.0 * cpu_s / max(wall_s, 1e-9)
+    return {"wall_s": wall_s, "cpu_s": cpu_s, "cpu_pct_one_core": one_core,
+            "cpu_pct_all_cores": one_core / usable_cores()}
 
 
 QUIESCE_POLL_S = 0.02
