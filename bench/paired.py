@@ -27,6 +27,7 @@ from fastcifar.bench.suites import (
     Pipeline,
     _loader_fields,
     _windows,
+    epochs_short,
     loader_row,
     loader_window,
     make_config,
@@ -84,14 +85,9 @@ class Leg:
         self.torch_threads = torch.get_num_threads()  # during its own segments (ffcv-like backends change it)
 
     def done(self, settings: BenchSettings) -> bool:
-        """Timed enough: `iters` windows and the epoch boundaries and batches `suites._timed` asks, or the cap of
-        whole epochs that keeps a loader that never reaches a boundary from running forever."""
-        counted, epoch = sum(self.batches), len(self.pipe)
-        need_epochs = max(1, settings.timed_epochs)
-        if counted >= (need_epochs + 2) * epoch:
-            return True
-        return (len(self.seconds) >= settings.iters and self.boundaries >= need_epochs
-                and counted >= settings.timed_epochs * epoch)
+        """Timed what an unpaired cell times (`suites._timed`): `iters` windows, and its epoch boundaries."""
+        return len(self.seconds) >= settings.iters and not epochs_short(
+            self.boundaries, sum(self.batches), len(self.pipe), settings.timed_epochs)
 
     def timed(self) -> dict:
         """The fields `suites._row` reads, as `suites._timed` returns them for an unpaired cell."""

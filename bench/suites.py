@@ -286,6 +286,16 @@ def _position(pipe: Pipeline, skip: Callable[[], object], step: Callable[[], obj
     return time.perf_counter() - start
 
 
+def epochs_short(boundaries: int, batches: int, batches_per_epoch: int, timed_epochs: int) -> bool:
+    """Whether a loader cell that timed `batches` batches across `boundaries` epoch boundaries must time more: at
+    least one boundary, `timed_epochs` of them and as many whole epochs of batches when asked; never beyond
+    (need + 2) epochs of batches, so a loader that never reaches a boundary cannot hang the bench."""
+    need = max(1, timed_epochs)
+    if batches >= (need + 2) * batches_per_epoch:
+        return False
+    return boundaries < need or batches < timed_epochs * batches_per_epoch
+
+
 def warm_up(step: Callable[[], object], settings: BenchSettings, device: torch.device, window: int,
             pipe: Pipeline | None = None, skip: Callable[[], object] | None = None) -> dict:
     """The untimed start of a cell: the first batch/step alone, `settings.warmup - 1` windows, and a loader's `pipe`
@@ -325,9 +335,6 @@ def _timed(step: Callable[[], object], settings: BenchSettings, device: torch.de
     more = None
     if pipe is not None:
         epoch0, fetches0 = pipe.epoch, len(pipe.boundary_fetch_s)
-        need_epochs, need_batches = max(1, settings.timed_epochs), settings.timed_epochs * len(pipe)
-        # timed batches at most: a loader that never reaches a boundary cannot hang us
-        cap = (need_epochs + 2) * len(pipe)
         counted = {"n": 0}
 
         def step_counted() -> None:
@@ -335,8 +342,7 @@ def _timed(step: Callable[[], object], settings: BenchSettings, device: torch.de
             counted["n"] += 1
 
         def more() -> bool:
-            short = pipe.epoch - epoch0 < need_epochs or counted["n"] < need_batches
-            return short and counted["n"] < cap
+            return epochs_short(pipe.epoch - epoch0, counted["n"], len(pipe), settings.timed_epochs)
 
         meter.start()
         batches = _windows(step_counted, settings.iters, window, clock, more, settings.min_seconds)

@@ -124,6 +124,14 @@ def test_windows_continue_until_the_minimum_timed_seconds():
         BenchSettings(root=Path("."), min_seconds=-1)
 
 
+def test_a_loader_cell_times_its_epoch_boundaries_up_to_a_cap():
+    from fastcifar.bench.suites import epochs_short
+
+    assert epochs_short(0, 5, 10, 0) and not epochs_short(1, 5, 10, 0)  # one boundary by default
+    assert epochs_short(2, 15, 10, 2) and not epochs_short(2, 20, 10, 2)  # --timed-epochs 2: two whole epochs
+    assert not epochs_short(0, 30, 10, 0) and not epochs_short(0, 40, 10, 2)  # (need + 2) epochs: stop anyway
+
+
 def test_overall_is_all_images_over_all_time_and_the_median_leaves_a_stall_out():
     # four 0.1 s windows of 2 batches of 16, then a window that held an epoch-boundary stall (1.0 s)
     rates = window_rates([0.1, 0.1, 0.1, 0.1, 1.0], [2, 2, 2, 2, 2], 16)
